@@ -1,0 +1,33 @@
+"""Where the course's files are, and how nbgrader is run on the course folder."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+AUTOGRADER = ROOT / "autograder"
+COURSE = ROOT / "build" / "course"  # the nbgrader course folder: source, release, submitted, autograded...
+
+
+def source_notebooks():
+    """The source notebooks, in course order: solutions/part1_*.md, part2_*.md, ..."""
+    return sorted(SOLUTIONS.glob("part*_*.md"))
+
+
+def nbgrader(*args, course, timeout=None):
+    """Run an nbgrader command on the course folder with the course's configuration (autograder/).
+
+    Raises RuntimeError with nbgrader's output when it fails, TimeoutError when it runs past `timeout` s.
+    """
+    command = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
+    # nbgrader runs `alembic` from PATH: put this environment's executables first.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    try:
+        result = subprocess.run(command, cwd=AUTOGRADER, capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, "PATH": path})
+    except subprocess.TimeoutExpired as error:
+        raise TimeoutError(f"{' '.join(command[2:])} ran past {timeout} s") from error
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{result.stdout}{result.stderr}")
+    return result

@@ -1,0 +1,25 @@
+"""nbgrader configuration of the course. The tools in this folder run nbgrader from here, on the course
+folder build/course (overridden with --CourseDirectory.root)."""
+from pathlib import Path
+
+c = get_config()  # noqa: F821, provided by nbgrader when it loads this file
+
+c.CourseDirectory.root = str(Path(__file__).resolve().parent.parent / "build" / "course")
+c.CourseDirectory.course_id = "deep-generative-models"
+
+# The stub that replaces each solution region, as the course has always shown it.
+c.ClearSolutions.code_stub = {"python": "\n".join([
+    "#######################",
+    "# PUT YOUR CODE HERE  #",
+    "#######################",
+    "raise NotImplementedError",
+    "#######################",
+    "# END OF YOUR CODE    #",
+    "#######################",
+])}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+# A student cell that runs for more than a minute is stopped and counts as failed; training cells skip
+# themselves while NBGRADER_EXECUTION is set, so correct work needs far less.
+c.Execute.timeout = 60
+c.Execute.interrupt_on_timeout = True

@@ -1,0 +1,130 @@
+"""Small steps that turn a source notebook (MyST markdown, see solutions/README.md) into what the course needs.
+
+Each function does one thing to a notebook or a cell, in the spirit of nbgrader's preprocessors; release.py
+chains them. Notebooks are nbformat NotebookNode objects.
+"""
+import copy
+import re
+
+import jupytext
+import nbformat
+
+SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+NBGRADER_SCHEMA_VERSION = 3
+
+
+def read_source(path):
+    """The source notebook at `path`, with cell ids that do not change from one build to the next."""
+    notebook = jupytext.read(path)
+    for index, cell in enumerate(notebook.cells):
+        cell.id = f"cell-{index}"
+    return notebook
+
+
+def read(path):
+    """An .ipynb notebook."""
+    return nbformat.read(path, as_version=4)
+
+
+def grade_id(cell):
+    """The grade_id a source cell declares, or None."""
+    return cell.metadata.get("grade_id")
+
+
+def has_tag(cell, tag):
+    return tag in cell.metadata.get("tags", [])
+
+
+def drop_tagged(notebook, tag):
+    """A copy of `notebook` without the cells tagged `tag`."""
+    kept = copy.deepcopy(notebook)
+    kept.cells = [cell for cell in kept.cells if not has_tag(cell, tag)]
+    return kept
+
+
+def without_solution_markers(source):
+    """The cell's text as a student who solved it would write it: the solution marker lines removed."""
+    lines = source.splitlines()
+    return "\n".join(line for line in lines if line.strip() not in SOLUTION_MARKERS)
+
+
+def nbgrader_metadata(cell):
+    """nbgrader's metadata for a source cell's role (solution, tests, answer), or None for a plain cell."""
+    role = cell.metadata.get("role")
+    if role is None:
+        return None
+    if role not in ("solution", "tests", "answer"):
+        raise ValueError(f"cell {cell.id}: unknown role {role!r} (solution, tests or answer)")
+    if grade_id(cell) is None:
+        raise ValueError(f"cell {cell.id}: a {role} cell needs a grade_id")
+    graded = role in ("tests", "answer")
+    if graded and "points" not in cell.metadata:
+        raise ValueError(f"cell {grade_id(cell)}: a {role} cell needs points")
+    metadata = {
+        "grade": graded,
+        "grade_id": grade_id(cell),
+        "locked": role == "tests",
+        "schema_version": NBGRADER_SCHEMA_VERSION,
+        "solution": role in ("solution", "answer"),
+        "task": False,
+    }
+    if graded:
+        metadata["points"] = cell.metadata["points"]
+    return metadata
+
+
+def to_nbgrader_source(notebook):
+    """The nbgrader source notebook: module-only cells dropped, each role turned into nbgrader metadata."""
+    source = drop_tagged(notebook, "module-only")
+    for cell in source.cells:
+        metadata = nbgrader_metadata(cell)
+        for key in ("role", "grade_id", "points"):
+            cell.metadata.pop(key, None)
+        if metadata is not None:
+            cell.metadata["nbgrader"] = metadata
+    return source
+
+
+def export_module(notebook, header):
+    """The solution module: the code of every cell tagged export or module-only, solution markers removed."""
+    chunks = [header.rstrip()]
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and (has_tag(cell, "export") or has_tag(cell, "module-only")):
+            chunks.append(relative_course_utils(without_solution_markers(cell.source)).strip())
+    if re.search(r"^def main\(", "\n".join(chunks), flags=re.MULTILINE):
+        chunks.append('if __name__ == "__main__":\n    main()')
+    return "\n\n\n".join(chunks) + "\n"
+
+
+def relative_course_utils(code):
+    """Notebooks import the helpers as `course_utils`; inside the solutions package they are `.course_utils`."""
+    code = re.sub(r"^(\s*)from course_utils import", r"\1from .course_utils import", code, flags=re.MULTILINE)
+    return re.sub(r"^(\s*)import course_utils$", r"\1from . import course_utils", code, flags=re.MULTILINE)
+
+
+def with_header_cell(notebook, text):
+    """A copy of `notebook` whose first cell is the markdown `text` (the 'generated file' notice)."""
+    marked = copy.deepcopy(notebook)
+    marked.cells.insert(0, nbformat.v4.new_markdown_cell(text, id="generated-notice"))
+    return marked
+
+
+def cells_by_grade_id(notebook):
+    """{grade_id: cell} for the nbgrader cells of a notebook."""
+    return {cell.metadata["nbgrader"]["grade_id"]: cell
+            for cell in notebook.cells if "nbgrader" in cell.metadata}
+
+
+def is_solution_cell(cell):
+    return cell.metadata.get("nbgrader", {}).get("solution", False)
+
+
+def is_test_cell(cell):
+    nbgrader = cell.metadata.get("nbgrader", {})
+    return nbgrader.get("grade", False) and not nbgrader.get("solution", False)
+
+
+def write(notebook, path):
+    """Write `notebook` as .ipynb with stable formatting (so that unchanged builds give identical files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(nbformat.writes(notebook) + "\n", encoding="utf-8")

@@ -1,0 +1,72 @@
+"""The shared helpers: where data comes from, and what a student is told when it is missing."""
+import pytest
+
+from solutions import course_utils
+
+
+@pytest.fixture
+def no_data_variables(monkeypatch):
+    monkeypatch.delenv(course_utils.DATA_DIR_VARIABLE, raising=False)
+    monkeypatch.delenv(course_utils.DOWNLOAD_VARIABLE, raising=False)
+    monkeypatch.setattr(course_utils, "AUTOGRADING", False)
+
+
+def test_the_data_root_is_the_argument_else_the_variable_else_data(no_data_variables, monkeypatch, tmp_path):
+    assert str(course_utils.data_root()) == "data"
+    monkeypatch.setenv(course_utils.DATA_DIR_VARIABLE, str(tmp_path))
+    assert course_utils.data_root() == tmp_path
+    assert course_utils.data_root(tmp_path / "given") == tmp_path / "given"
+
+
+def test_downloads_are_allowed_unless_switched_off_or_autograding(no_data_variables, monkeypatch):
+    assert course_utils.download_allowed()
+    assert not course_utils.download_allowed(False)
+    monkeypatch.setenv(course_utils.DOWNLOAD_VARIABLE, "0")
+    assert not course_utils.download_allowed()
+    monkeypatch.setattr(course_utils, "AUTOGRADING", True)
+    assert not course_utils.download_allowed(True)
+
+
+def test_missing_mnist_says_where_to_put_the_files(no_data_variables, tmp_path):
+    with pytest.raises(course_utils.DataNotFoundError) as error:
+        course_utils.mnist(train=True, root=tmp_path, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message and "train-images-idx3-ubyte" in message
+    assert course_utils.DATA_DIR_VARIABLE in message
+
+
+def test_a_failed_download_is_reported_with_its_cause(no_data_variables, tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(course_utils.urllib.request, "urlretrieve", no_network)
+    with pytest.raises(course_utils.DataNotFoundError, match="network is unreachable"):
+        course_utils.text_file(root=tmp_path, download=True)
+    assert not (tmp_path / "text" / "grimms_fairy_tales.txt").exists()
+
+
+def test_a_missing_text_file_is_named(tmp_path):
+    with pytest.raises(course_utils.DataNotFoundError, match="No text file at"):
+        course_utils.text_file(tmp_path / "missing.txt")
+
+
+def test_the_shared_data_loads_when_present():
+    root = course_utils.data_root()
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"no MNIST under {root.resolve()} (set {course_utils.DATA_DIR_VARIABLE})")
+    assert len(course_utils.mnist(train=False, root=root, download=False)) == 10_000
+    assert "Hansel" in course_utils.text_file(root=root, download=False)
+
+
+def test_an_unfinished_exercise_is_named_by_its_function_and_class():
+    class VAE:
+        def forward(self):
+            raise NotImplementedError
+
+    def KLD():
+        raise NotImplementedError
+
+    for call, name in ((VAE().forward, "VAE.forward"), (KLD, "KLD")):
+        with pytest.raises(NotImplementedError) as error:
+            call()
+        assert course_utils.unfinished_exercise(error.value) == name
