@@ -1,0 +1,141 @@
+# GENERATED FILE: do not edit. `make release` copies it from solutions/course_utils.py.
+"""Helpers shared by every part of the course: finding data, seeding, devices, progress bars, and a clear
+message for exercises that are not done yet.
+
+This file is written by hand. `make release` copies it next to the student notebooks (`assignment/`), so
+the notebooks import it as `course_utils`, and the solution modules as `solutions.course_utils`.
+"""
+import os
+import random
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_DIR_VARIABLE = "DGM_DATA_DIR"  # where the data sets live; see data_root()
+DOWNLOAD_VARIABLE = "DGM_DOWNLOAD"  # set to 0 to forbid downloads
+DEFAULT_DATA_DIR = "data"  # relative to the working directory, i.e. next to the notebook
+
+# nbgrader sets NBGRADER_EXECUTION while it autogrades: training cells then shrink or skip.
+AUTOGRADING = "NBGRADER_EXECUTION" in os.environ
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+GRIMM_URL = "https://www.gutenberg.org/cache/epub/2591/pg2591.txt"
+
+
+def data_root(root=None):
+    """The data folder: the argument if given, else $DGM_DATA_DIR, else ./data."""
+    return Path(root or os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_DATA_DIR).expanduser()
+
+
+def download_allowed(download=None):
+    """Downloads happen when asked for, else unless $DGM_DOWNLOAD is 0; never while autograding."""
+    if AUTOGRADING:
+        return False
+    if download is not None:
+        return download
+    return os.environ.get(DOWNLOAD_VARIABLE, "1") != "0"
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is neither on disk nor downloadable; the message says where to put it."""
+
+
+def mnist(train, transform=None, root=None, download=None):
+    """torchvision's MNIST (train: the 60,000 training images, else the 10,000 test images)."""
+    from torchvision.datasets import MNIST
+
+    root = data_root(root)
+    try:
+        return MNIST(root, train=train, transform=transform, download=False)
+    except RuntimeError:  # torchvision's "Dataset not found"
+        pass
+    problem = "downloads are switched off"
+    if download_allowed(download):
+        try:
+            return MNIST(root, train=train, transform=transform, download=True)
+        except Exception as error:  # no network, a mirror down, a full disk...
+            problem = f"the download failed ({error})"
+    raise DataNotFoundError(
+        f"MNIST is not in {(root / 'MNIST' / 'raw').resolve()} and {problem}. Put the four files "
+        f"{', '.join(MNIST_FILES)} (uncompressed) in that folder, or point ${DATA_DIR_VARIABLE} "
+        f"(or the root argument) at the folder that holds MNIST/raw/.")
+
+
+def text_file(path=None, root=None, download=None):
+    """The text of a UTF-8 file: `path` if given, else Grimms' Fairy Tales under <data root>/text/."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise DataNotFoundError(f"No text file at {path.resolve()}: give the path of a UTF-8 text file.")
+        return path.read_text(encoding="utf-8")
+    path = data_root(root) / "text" / "grimms_fairy_tales.txt"
+    if not path.is_file():
+        problem = "downloads are switched off"
+        if download_allowed(download):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                urllib.request.urlretrieve(GRIMM_URL, path)
+            except Exception as error:
+                path.unlink(missing_ok=True)
+                problem = f"the download from {GRIMM_URL} failed ({error})"
+        if not path.is_file():
+            raise DataNotFoundError(
+                f"Grimms' Fairy Tales is not at {path.resolve()} and {problem}. Save Project Gutenberg "
+                f"ebook 2591 as plain text (UTF-8) there, point ${DATA_DIR_VARIABLE} at the folder that "
+                f"holds text/, or give the path of any UTF-8 text file.")
+    return path.read_text(encoding="utf-8")
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and PyTorch so that a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device():
+    """The first GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def progress(iterable, **kwargs):
+    """A tqdm progress bar (the notebook widget in Jupyter); silent while autograding."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, disable=AUTOGRADING or kwargs.pop("disable", False), **kwargs)
+
+
+def unfinished_exercise(error):
+    """The name of the function or method whose stub raised `error`, e.g. 'KLD' or 'VAE.forward'."""
+    frame = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        frame, traceback = traceback.tb_frame, traceback.tb_next
+    if frame is None:
+        return "An exercise"
+    owner = frame.f_locals.get("self")
+    name = frame.f_code.co_name
+    if owner is not None:
+        return f"{type(owner).__name__}.{name}"
+    return name
+
+
+def explain_unfinished_exercises():
+    """In IPython, report a NotImplementedError as 'exercise X is not done yet' instead of a traceback.
+
+    The cell still fails (so an autograder counts it as failed); only the message changes.
+    """
+    try:
+        shell = get_ipython()  # noqa: F821, defined inside IPython only
+    except NameError:
+        return
+
+    def explain(shell, kind, error, traceback, tb_offset=None):
+        message = (f"NotImplementedError: {unfinished_exercise(error)} is not done yet. Fill in its block "
+                   f"marked PUT YOUR CODE HERE, run that cell, then run this one again.")
+        shell._showtraceback(kind, error, [message])  # shown as the cell's error, in place of the traceback
+
+    shell.set_custom_exc((NotImplementedError,), explain)

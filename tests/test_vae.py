@@ -1,0 +1,64 @@
+"""Tests of the Part 1 module solutions.vae (exported from solutions/part1_vae.md by `make release`): the 4-bit
+data, the command-line trainer, and its error when MNIST is missing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from solutions import course_utils, vae
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_mnist = pytest.mark.skipif(not (course_utils.data_root() / "MNIST" / "raw").is_dir(),
+                                 reason=f"MNIST is not in {course_utils.data_root()}/MNIST/raw")
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "solutions.vae", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    for option in ("--z-dim", "--num-filters", "--lr", "--batch-size", "--epochs", "--train-limit",
+                   "--eval-limit", "--seed", "--data-dir", "--device", "--out"):
+        assert option in result.stdout
+    defaults = vae.VAEConfig()
+    assert (defaults.z_dim, defaults.num_filters, defaults.lr, defaults.batch_size, defaults.epochs) == \
+        (20, 32, 1e-3, 128, 80)
+
+
+def test_4bit_levels():
+    pixels = torch.tensor([[[0, 15, 16, 128, 254, 255]]], dtype=torch.uint8)
+    levels = vae.to_4bit(pixels)
+    assert levels.shape == (1, 1, 1, 6) and levels.dtype == torch.long
+    assert levels.flatten().tolist() == [0, 0, 1, 8, 15, 15]  # floor(16 * p / 255), at most 15
+
+
+@needs_mnist
+def test_split_sizes_and_fixed_split():
+    train, val, test = vae.mnist_4bit()
+    assert (len(train), len(val), len(test)) == (54_000, 6_000, 10_000)
+    assert train.indices[:5] == vae.mnist_4bit()[0].indices[:5], "the split must not depend on the run"
+    image, _ = train[0]
+    assert image.shape == (1, 28, 28) and image.dtype == torch.long and 0 <= image.min() <= image.max() <= 15
+
+
+@needs_mnist
+def test_tiny_training_run(tmp_path):
+    vae.main(["--z-dim", "2", "--num-filters", "8", "--epochs", "2", "--train-limit", "512", "--eval-limit",
+              "256", "--batch-size", "64", "--device", "cpu", "--out", str(tmp_path)])
+    for name in ("metrics.json", "bpd_curves.png", "samples_epoch_000.png", "samples_epoch_002.png", "manifold.png"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epoch"] == [1, 2]
+    for key in ("train_bpd", "val_bpd", "test_bpd", "seconds_per_epoch"):
+        assert len(metrics[key]) == 2, key
+    assert metrics["val_bpd"][-1] < 4, "training must do better than uniform pixels (4 bpd)"
+
+
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(course_utils.DOWNLOAD_VARIABLE, "0")
+    with pytest.raises(course_utils.DataNotFoundError, match="MNIST/raw"):
+        vae.mnist_4bit(root=tmp_path)
+    with pytest.raises(SystemExit, match="MNIST is not in"):
+        vae.main(["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists(), "nothing is written when there is no data"
