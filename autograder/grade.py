@@ -120,7 +120,8 @@ def summary_row(notebook, student, scores, problem, example=None):
         return [notebook, student, "-", problem, ""]
     total = sum(score for score, _ in scores.values())
     maximum = sum(max_score for _, max_score in scores.values())
-    lost = ", ".join(test_id for test_id, (score, max_score) in scores.items() if score < max_score)
+    lost = [test_id for test_id, (score, max_score) in scores.items() if score < max_score]
+    lost = "every test" if len(lost) == len(scores) else ", ".join(lost)
     verdict = ""
     if example is not None:
         problems = expectation_problems(example, scores)

@@ -32,11 +32,8 @@ def test_release_holds_no_solution_hidden_test_or_model_answer(name):
     for grade_id, cell in notebooks.cells_by_grade_id(source).items():
         given = released[grade_id].source
         if notebooks.is_test_cell(cell):
-            hidden = cell.source.split("### BEGIN HIDDEN TESTS")[1:]
-            for region in hidden:
-                for line in region.split("### END HIDDEN TESTS")[0].strip().splitlines():
-                    if line.strip().startswith("assert"):
-                        assert line.strip() not in given, f"{grade_id} shows a hidden test: {line.strip()}"
+            shown = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", cell.source, flags=re.DOTALL)
+            assert given.split() == shown.split(), f"{grade_id} must show exactly its visible tests"
         elif cell.cell_type == "code":
             assert STUB in given + "\n", f"{grade_id} has no PUT YOUR CODE HERE stub"
         else:

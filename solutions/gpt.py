@@ -1,0 +1,480 @@
+# GENERATED FILE: do not edit. `make release` exports it from solutions/part3_gpt.md (the cells tagged export or
+# module-only). Change the source notebook, then run `make release`.
+
+
+"""Part 3 of the course: a character-level GPT (minGPT-style), its training, and fast generation."""
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from .course_utils import progress, text_file
+
+
+class CharVocabulary:
+    """The characters of a text, each mapped to an index (its rank in sorted order)."""
+
+    def __init__(self, text):
+        self.chars = "".join(sorted(set(text)))
+        self.index = {char: i for i, char in enumerate(self.chars)}
+
+    @property
+    def size(self):
+        return len(self.chars)
+
+    def encode(self, text):
+        """str -> LongTensor of indices."""
+        return torch.tensor([self.index[char] for char in text], dtype=torch.long)
+
+    def decode(self, indices):
+        """Sequence (or 1-D tensor) of indices -> str."""
+        return "".join(self.chars[i] for i in torch.as_tensor(indices).tolist())
+
+
+def load_char_data(path=None, root=None, val_fraction=0.1):
+    """(vocabulary, train_data, val_data) of a UTF-8 text (default: Grimms' Fairy Tales under the data root).
+
+    The data are 1-D LongTensors of character indices; the last `val_fraction` of the text is validation.
+    """
+    text = text_file(path, root)
+    vocabulary = CharVocabulary(text)
+    data = vocabulary.encode(text)
+    split = int(len(data) * (1 - val_fraction))
+    return vocabulary, data[:split], data[split:]
+
+
+def get_batch(data, block_size, batch_size, device="cpu"):
+    """A batch of random windows: inputs [B, block_size] and targets, the same windows shifted by one."""
+    starts = torch.randint(len(data) - block_size, (batch_size,))
+    inputs = torch.stack([data[i:i + block_size] for i in starts])
+    targets = torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
+    return inputs.to(device), targets.to(device)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which each position attends to itself and the positions before it."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "the width must split evenly into heads"
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # queries, keys and values of all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # mixes the heads' outputs
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        mask = torch.tril(torch.ones(config.block_size, config.block_size))
+        self.register_buffer("mask", mask.view(1, 1, config.block_size, config.block_size))
+
+    def split_heads(self, x):
+        """Inputs [B, T, n_embd] -> queries, keys, values, each [B, n_head, T, head_dim]."""
+        B, T, C = x.shape
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [3, B, n_head, T, head_dim] -> q, k, v
+
+    def merge_heads(self, y):
+        """The heads' outputs [B, n_head, T, head_dim] -> the layer's output [B, T, n_embd]."""
+        B, n_head, T, head_dim = y.shape
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, n_head * head_dim)))
+
+    def forward(self, x):
+        q, k, v = self.split_heads(x)
+        T = q.size(2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.size(-1))
+        scores = scores.masked_fill(self.mask[:, :, :T, :T] == 0, float("-inf"))
+        weights = self.attn_dropout(F.softmax(scores, dim=-1))
+        y = weights @ v
+        return self.merge_heads(y)
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT: vocabulary, context length (block size), depth, heads and width."""
+    vocab_size: int
+    block_size: int = 128
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 192
+    dropout: float = 0.1
+
+
+# minGPT's small models; the command-line trainer starts from one of them (default gpt-mini).
+MODEL_TYPES = {
+    "gpt-nano": dict(n_layer=3, n_head=3, n_embd=48),
+    "gpt-micro": dict(n_layer=4, n_head=4, n_embd=128),
+    "gpt-mini": dict(n_layer=6, n_head=6, n_embd=192),
+}
+
+
+class MLP(nn.Module):
+    """The position-wise feed-forward network: widen 4x, GELU, project back."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """A transformer block: attention and MLP, each on a LayerNorm of the residual stream and added to it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attention=None):
+        """`attention` replaces self.attn when given (fast generation passes one with a key/value cache)."""
+        if attention is None:
+            attention = self.attn
+        x = x + attention(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer that predicts the next token at every position."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaled initialisation: every block adds its two projections to the residual stream, so they
+        # start smaller in deeper models and the stream's variance does not grow with depth.
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def embed(self, idx, start=0):
+        """Token plus position embeddings [B, T, n_embd] of idx [B, T] whose first token is at `start`."""
+        positions = torch.arange(start, start + idx.size(1), device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+
+    def forward(self, idx):
+        """Next-token logits [B, T, vocab_size] at every position of idx [B, T], T <= block_size."""
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(f"a context of {idx.size(1)} tokens is longer than the block size "
+                             f"{self.config.block_size}")
+        x = self.embed(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+def choose_next_token(logits, temperature=1.0, do_sample=False, top_k=None):
+    """Next tokens [B, 1] from the last position's logits [B, vocab_size]."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if do_sample:
+        return torch.multinomial(probs, num_samples=1)
+    return probs.argmax(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def generate(self, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
+    """idx [B, T] followed by max_new_tokens generated tokens: [B, T + max_new_tokens]."""
+    for _ in range(max_new_tokens):
+        context = idx[:, -self.config.block_size:]
+        logits = self(context)[:, -1, :]
+        idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
+    return idx
+
+
+GPT.generate = generate
+
+
+def configure_optimizer(model, learning_rate, weight_decay, betas):
+    """AdamW that decays the weight matrices (linear layers, embeddings) and not the biases and LayerNorms."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
+
+
+def next_token_loss(logits, targets):
+    """Cross-entropy of logits [B, T, V] against targets [B, T], averaged over all B * T positions."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def train_step(model, optimizer, inputs, targets, grad_clip=1.0):
+    """One optimizer update on one batch; returns the batch's loss before the update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = next_token_loss(model(inputs), targets)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+@dataclass
+class TrainConfig:
+    """The training hyperparameters (the defaults of the command-line trainer)."""
+    batch_size: int = 128
+    max_iters: int = 5000
+    learning_rate: float = 5e-4
+    min_lr: float = 5e-5  # the cosine decay ends here, at max_iters
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    betas: tuple = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    eval_iters: int = 20
+
+
+def learning_rate_at(iteration, config):
+    """Linear warmup over warmup_iters, then cosine decay from learning_rate to min_lr at max_iters."""
+    if iteration < config.warmup_iters:
+        return config.learning_rate * (iteration + 1) / config.warmup_iters
+    decay_length = max(1, config.max_iters - config.warmup_iters)
+    fraction_done = min(1.0, (iteration - config.warmup_iters) / decay_length)
+    return config.min_lr + 0.5 * (1 + math.cos(math.pi * fraction_done)) * (config.learning_rate - config.min_lr)
+
+
+@torch.no_grad()
+def estimate_loss(model, data, batch_size, iters):
+    """The mean next-token loss on `iters` random batches of `data`, in evaluation mode (no dropout)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses = [next_token_loss(model(inputs), targets).item()
+              for inputs, targets in (get_batch(data, model.config.block_size, batch_size, device)
+                                      for _ in range(iters))]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train(model, train_data, val_data, config, after_evaluation=None):
+    """Train `model` for config.max_iters iterations; return the history of losses and timings.
+
+    after_evaluation(iteration, history), if given, runs after each evaluation (the command-line trainer
+    saves a checkpoint and prints a sample there).
+    """
+    optimizer = configure_optimizer(model, config.learning_rate, config.weight_decay, config.betas)
+    device = next(model.parameters()).device
+    history = {"iteration": [], "train_loss": [], "val_loss": [], "step_loss": [], "learning_rate": [],
+               "train_seconds": 0.0}
+    model.train()
+    bar = progress(range(1, config.max_iters + 1), desc="training")
+    for iteration in bar:
+        learning_rate = learning_rate_at(iteration - 1, config)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        inputs, targets = get_batch(train_data, model.config.block_size, config.batch_size, device)
+        started = time.perf_counter()
+        loss = train_step(model, optimizer, inputs, targets, config.grad_clip)
+        history["train_seconds"] += time.perf_counter() - started  # .item() waited for the GPU
+        history["step_loss"].append(loss)
+        history["learning_rate"].append(learning_rate)
+        if iteration % config.eval_interval == 0 or iteration == config.max_iters:
+            history["iteration"].append(iteration)
+            history["train_loss"].append(estimate_loss(model, train_data, config.batch_size, config.eval_iters))
+            history["val_loss"].append(estimate_loss(model, val_data, config.batch_size, config.eval_iters))
+            bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{history['val_loss'][-1]:.3f}")
+            if after_evaluation is not None:
+                after_evaluation(iteration, history)
+    return history
+
+
+def plot_losses(history):
+    """The loss of every training batch, and the estimated training and validation losses."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    steps = range(1, len(history["step_loss"]) + 1)
+    axis.plot(steps, history["step_loss"], color="lightgray", linewidth=0.8, label="training batch")
+    axis.plot(history["iteration"], history["train_loss"], "o-", label="training (estimate)")
+    axis.plot(history["iteration"], history["val_loss"], "o-", label="validation (estimate)")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("cross-entropy (nats per character)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def sample_text(model, vocabulary, prompt="\n", length=500, **sampling):
+    """`length` characters generated after `prompt` (sampling: temperature, do_sample, top_k)."""
+    model.eval()
+    device = next(model.parameters()).device
+    idx = vocabulary.encode(prompt)[None].to(device)
+    return vocabulary.decode(model.generate(idx, length, **sampling)[0, idx.size(1):])
+
+
+class LayerCache:
+    """The keys and values [B, n_head, T, head_dim] of the positions one attention layer has seen."""
+
+    def __init__(self):
+        self.keys = self.values = None
+
+    def __len__(self):
+        return 0 if self.keys is None else self.keys.size(2)
+
+    def extend(self, keys, values):
+        """Append the new positions' keys and values; return all of them."""
+        if self.keys is not None:
+            keys = torch.cat((self.keys, keys), dim=2)
+            values = torch.cat((self.values, values), dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+def cached_attention(attention, x, cache):
+    """CausalSelfAttention `attention` on the new positions x [B, T_new, n_embd], after those in `cache`."""
+    q, k, v = attention.split_heads(x)
+    is_prompt = len(cache) == 0
+    assert is_prompt or q.size(2) == 1, "a filled cache takes one new token at a time"
+    k, v = cache.extend(k, v)
+    # The prompt: queries and keys are the same positions, is_causal is exactly the causal mask.
+    # One new token: it may see every cached position, no mask.
+    return attention.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=is_prompt))
+
+
+def forward_with_cache(model, idx, caches):
+    """The last position's logits [B, vocab_size] for the new tokens idx [B, T_new], extending `caches`."""
+    x = model.embed(idx, start=len(caches[0]))
+    for block, cache in zip(model.transformer.h, caches):
+        x = block(x, attention=functools.partial(cached_attention, block.attn, cache=cache))
+    return model.lm_head(model.transformer.ln_f(x[:, -1]))
+
+
+def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
+    """GPT.generate with a key/value cache: the same tokens, each costing one position, not the context."""
+    assert not model.training, "call model.eval() first: the cached path has no dropout"
+    block_size = model.config.block_size
+    with torch.inference_mode():  # no_grad, and less bookkeeping on each of the many small operations
+        caches = [LayerCache() for _ in model.transformer.h]
+        for _ in range(max_new_tokens):
+            if idx.size(1) > block_size:
+                # Cropped: every kept token moves one position back, the cache no longer applies. Recompute.
+                caches = [LayerCache() for _ in model.transformer.h]
+                new_tokens = idx[:, -block_size:]
+            else:
+                new_tokens = idx[:, len(caches[0]):]
+            logits = forward_with_cache(model, new_tokens, caches)
+            idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
+    return idx.clone()  # an ordinary tensor again (autograd refuses inference-mode tensors)
+
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .course_utils import default_device, seed_everything
+
+
+def parse_args(argv=None):
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m solutions.gpt",
+        description="Train the character-level GPT of Part 3 on a UTF-8 text file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--text", help="a UTF-8 text file (default: Grimms' Fairy Tales in <data-dir>/text/)")
+    parser.add_argument("--data-dir", default=None, help="the data folder (default: $DGM_DATA_DIR, else ./data)")
+    parser.add_argument("--out", default="runs/gpt", help="where to write metrics, figures and the checkpoint")
+    model = parser.add_argument_group("model (a type, then overrides)")
+    model.add_argument("--model", choices=list(MODEL_TYPES), default="gpt-mini")
+    model.add_argument("--n-layer", type=int)
+    model.add_argument("--n-head", type=int)
+    model.add_argument("--n-embd", type=int)
+    model.add_argument("--block-size", type=int, default=GPTConfig.block_size)
+    model.add_argument("--dropout", type=float, default=GPTConfig.dropout)
+    training = parser.add_argument_group("training")
+    training.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    training.add_argument("--max-iters", type=int, default=defaults.max_iters)
+    training.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    training.add_argument("--min-lr", type=float, default=defaults.min_lr)
+    training.add_argument("--warmup-iters", type=int, default=defaults.warmup_iters)
+    training.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    training.add_argument("--betas", type=float, nargs=2, default=defaults.betas)
+    training.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    training.add_argument("--eval-interval", type=int, default=defaults.eval_interval)
+    training.add_argument("--eval-iters", type=int, default=defaults.eval_iters)
+    training.add_argument("--sample-length", type=int, default=300, help="characters sampled at each evaluation")
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--device", help="cpu, cuda, ... (default: a GPU if there is one)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    seed_everything(args.seed)
+    device = torch.device(args.device) if args.device else default_device()
+    vocabulary, train_data, val_data = load_char_data(args.text, args.data_dir)
+    shape = {**MODEL_TYPES[args.model],
+             **{name: getattr(args, name) for name in ("n_layer", "n_head", "n_embd") if getattr(args, name)}}
+    model_config = GPTConfig(vocab_size=vocabulary.size, block_size=args.block_size, dropout=args.dropout, **shape)
+    train_config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
+    train_config.betas = tuple(train_config.betas)
+    model = GPT(model_config).to(device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = []
+
+    def after_evaluation(iteration, history):
+        text = sample_text(model, vocabulary, length=args.sample_length, do_sample=True, top_k=20)
+        samples.append({"iteration": iteration, "val_loss": history["val_loss"][-1], "text": text})
+        tqdm.write(f"--- iteration {iteration}, validation loss {history['val_loss'][-1]:.4f} ---\n{text}")
+        torch.save({"model": model.state_dict(), "model_config": asdict(model_config),
+                    "vocabulary": vocabulary.chars, "iteration": iteration}, out / "checkpoint.pt")
+        model.train()
+
+    started = time.perf_counter()
+    history = train(model, train_data, val_data, train_config, after_evaluation)
+    seconds_per_iteration = history["train_seconds"] / train_config.max_iters
+    metrics = {
+        "command": "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model_config": asdict(model_config),
+        "train_config": asdict(train_config),
+        "final_train_loss": history["train_loss"][-1],
+        "final_val_loss": history["val_loss"][-1],
+        "wall_seconds": time.perf_counter() - started,
+        "seconds_per_iteration": seconds_per_iteration,
+        "tokens_per_second": train_config.batch_size * model_config.block_size / seconds_per_iteration,
+        "history": history,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    (out / "samples.txt").write_text(
+        "".join(f"--- iteration {s['iteration']}, validation loss {s['val_loss']:.4f} ---\n{s['text']}\n"
+                for s in samples), encoding="utf-8")
+    plot_losses(history).savefig(out / "losses.png", dpi=100)
+    print(f"validation loss {metrics['final_val_loss']:.4f}, {seconds_per_iteration:.4f} s per iteration, "
+          f"{metrics['tokens_per_second']:.0f} tokens/s, {metrics['wall_seconds']:.0f} s in all; wrote {out}/")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Tests of the Part 2 module solutions.aae (exported from solutions/part2_aae.md by `make release`): the data
+scaling, the command-line trainer, and its error when MNIST is missing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from solutions import aae, course_utils
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_mnist = pytest.mark.skipif(not (course_utils.data_root() / "MNIST" / "raw").is_dir(),
+                                 reason=f"MNIST is not in {course_utils.data_root()}/MNIST/raw")
+
+
+def test_help_and_defaults():
+    result = subprocess.run([sys.executable, "-m", "solutions.aae", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    for option in ("--z-dim", "--lambda", "--batch-size", "--ae-lr", "--disc-lr", "--disc-optimizer", "--epochs",
+                   "--batches-per-epoch", "--seed", "--data-dir", "--device", "--out"):
+        assert option in result.stdout
+    defaults = aae.AAEConfig()
+    assert (defaults.z_dim, defaults.batch_size, defaults.lambda_, defaults.ae_lr, defaults.disc_lr,
+            defaults.disc_optimizer, defaults.epochs, defaults.sample_every) == (8, 64, 0.995, 1e-3, 5e-3, "sgd", 100, 5)
+
+
+@needs_mnist
+def test_full_training_set_in_minus_one_one():
+    loader = aae.mnist_loader(train=True, batch_size=64)
+    assert len(loader.dataset) == 60_000
+    images, labels = next(iter(loader))
+    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
+    assert images.min() == -1 and images.max() == 1
+
+
+@needs_mnist
+def test_tiny_training_run(tmp_path):
+    aae.main(["--z-dim", "2", "--epochs", "2", "--batches-per-epoch", "5", "--sample-every", "1", "--device", "cpu",
+              "--out", str(tmp_path)])
+    for name in ("metrics.json", "losses.png", "reconstructions.png", "latent_space.png", "samples_epoch_000.png",
+                 "samples_epoch_001.png", "samples_epoch_002.png"):
+        assert (tmp_path / name).is_file(), name
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["config"]["z_dim"] == 2
+    assert [record["epoch"] for record in metrics["history"]] == [1, 2]
+    for key in ("recon_loss", "gen_loss", "ae_loss", "disc_loss", "loss_real", "loss_fake", "accuracy", "seconds"):
+        assert key in metrics["history"][-1], key
+    assert 0 <= metrics["history"][-1]["accuracy"] <= 1
+
+
+def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(course_utils.DOWNLOAD_VARIABLE, "0")
+    with pytest.raises(SystemExit, match="MNIST is not in"):
+        aae.main(["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists(), "nothing is written when there is no data"

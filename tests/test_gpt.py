@@ -1,0 +1,105 @@
+"""Tests of the Part 3 module solutions.gpt (exported from solutions/part3_gpt.md by `make release`): the
+command-line trainer, and generation with a key/value cache against the plain loop."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from solutions import gpt
+
+ROOT = Path(__file__).resolve().parent.parent
+VOCAB_SIZE, BLOCK_SIZE = 11, 8
+
+
+@pytest.fixture
+def model():
+    """A small GPT in double precision with large weights, so that no two logits are close to a tie and the
+    plain and cached paths must choose the same tokens."""
+    torch.manual_seed(0)
+    config = gpt.GPTConfig(vocab_size=VOCAB_SIZE, block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    model = gpt.GPT(config).double().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    return model
+
+
+def prompt(length, batch=3):
+    return torch.randint(VOCAB_SIZE, (batch, length), generator=torch.Generator().manual_seed(length))
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "solutions.gpt", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    for option in ("--model", "--n-layer", "--block-size", "--max-iters", "--learning-rate", "--warmup-iters",
+                   "--min-lr", "--betas", "--weight-decay", "--grad-clip", "--dropout", "--data-dir", "--out"):
+        assert option in result.stdout
+
+
+def test_tiny_training_run(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog.\n" * 300, encoding="utf-8")
+    out = tmp_path / "run"
+    gpt.main(["--text", str(text), "--model", "gpt-nano", "--block-size", "16", "--batch-size", "16",
+              "--max-iters", "60", "--warmup-iters", "5", "--learning-rate", "3e-3", "--eval-interval", "30",
+              "--eval-iters", "2", "--sample-length", "20", "--device", "cpu", "--out", str(out)])
+    for name in ("metrics.json", "losses.png", "samples.txt", "checkpoint.pt"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    vocabulary_size = metrics["model_config"]["vocab_size"]
+    assert vocabulary_size == len(set(text.read_text(encoding="utf-8")))
+    assert metrics["history"]["iteration"] == [30, 60]
+    assert metrics["final_val_loss"] < math.log(vocabulary_size) - 0.5, "the loss must fall below a uniform guess"
+
+
+@pytest.mark.parametrize("prompt_length", [1, 5])
+def test_fast_greedy_generation_equals_plain(model, prompt_length):
+    idx = prompt(prompt_length)
+    new_tokens = BLOCK_SIZE - prompt_length  # fills the block: the cache is used to the end
+    assert torch.equal(gpt.generate_fast(model, idx, new_tokens), model.generate(idx, new_tokens))
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_fast_sampling_equals_plain_with_the_same_seed(model, top_k):
+    idx = prompt(2)
+    sampling = dict(do_sample=True, temperature=0.8, top_k=top_k)
+    torch.manual_seed(1)
+    plain = model.generate(idx, BLOCK_SIZE - 2, **sampling)
+    torch.manual_seed(1)
+    assert torch.equal(gpt.generate_fast(model, idx, BLOCK_SIZE - 2, **sampling), plain)
+
+
+@pytest.mark.parametrize("prompt_length", [1, BLOCK_SIZE, BLOCK_SIZE + 3])
+def test_fast_generation_is_correct_once_the_context_is_cropped(model, prompt_length):
+    idx = prompt(prompt_length)
+    assert torch.equal(gpt.generate_fast(model, idx, 3 * BLOCK_SIZE), model.generate(idx, 3 * BLOCK_SIZE))
+    torch.manual_seed(2)
+    plain = model.generate(idx, 3 * BLOCK_SIZE, do_sample=True)
+    torch.manual_seed(2)
+    assert torch.equal(gpt.generate_fast(model, idx, 3 * BLOCK_SIZE, do_sample=True), plain)
+
+
+def test_fast_generation_keeps_its_input_and_runs_one_position_per_step(model, monkeypatch):
+    idx = prompt(3)
+    original = idx.clone()
+    lengths = []
+    forward_with_cache = gpt.forward_with_cache
+
+    def counting_forward(model, new_tokens, caches):
+        lengths.append(new_tokens.size(1))
+        return forward_with_cache(model, new_tokens, caches)
+
+    monkeypatch.setattr(gpt, "forward_with_cache", counting_forward)
+    out = gpt.generate_fast(model, idx, BLOCK_SIZE)
+    assert out.shape == (3, 3 + BLOCK_SIZE) and torch.equal(idx, original)
+    # The prompt, then one token per step while the block is not full, then the cropped window each step.
+    assert lengths == [3] + [1] * (BLOCK_SIZE - 3) + [BLOCK_SIZE] * 2
+
+
+def test_fast_generation_refuses_training_mode(model):
+    with pytest.raises(AssertionError, match="eval"):
+        gpt.generate_fast(model.train(), prompt(1), 2)
