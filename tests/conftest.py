@@ -1,9 +1,18 @@
-"""Shared fixtures: one fresh build of the whole release per test session, in a temporary folder."""
+"""Shared fixtures and markers: one fresh build of the whole release per test session, in a temporary folder;
+the `mnist` marker for tests that need the data set."""
 from types import SimpleNamespace
 
 import pytest
 
 from autograder import release
+from solutions import course_utils
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `mnist` need the MNIST files: skip them, saying where they were looked for, when missing."""
+    raw = course_utils.data_root() / "MNIST" / "raw"
+    if item.get_closest_marker("mnist") and not raw.is_dir():
+        pytest.skip(f"MNIST is not in {raw.resolve()} (set {course_utils.DATA_DIR_VARIABLE})")
 
 
 @pytest.fixture(scope="session")

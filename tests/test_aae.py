@@ -10,8 +10,6 @@ import pytest
 from solutions import aae, course_utils
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_mnist = pytest.mark.skipif(not (course_utils.data_root() / "MNIST" / "raw").is_dir(),
-                                 reason=f"MNIST is not in {course_utils.data_root()}/MNIST/raw")
 
 
 def test_help_and_defaults():
@@ -25,7 +23,7 @@ def test_help_and_defaults():
             defaults.disc_optimizer, defaults.epochs, defaults.sample_every) == (8, 64, 0.995, 1e-3, 5e-3, "sgd", 100, 5)
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_full_training_set_in_minus_one_one():
     loader = aae.mnist_loader(train=True, batch_size=64)
     assert len(loader.dataset) == 60_000
@@ -34,7 +32,7 @@ def test_full_training_set_in_minus_one_one():
     assert images.min() == -1 and images.max() == 1
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_tiny_training_run(tmp_path):
     aae.main(["--z-dim", "2", "--epochs", "2", "--batches-per-epoch", "5", "--sample-every", "1", "--device", "cpu",
               "--out", str(tmp_path)])

@@ -50,10 +50,9 @@ def test_a_missing_text_file_is_named(tmp_path):
         course_utils.text_file(tmp_path / "missing.txt")
 
 
+@pytest.mark.mnist
 def test_the_shared_data_loads_when_present():
     root = course_utils.data_root()
-    if not (root / "MNIST" / "raw").is_dir():
-        pytest.skip(f"no MNIST under {root.resolve()} (set {course_utils.DATA_DIR_VARIABLE})")
     assert len(course_utils.mnist(train=False, root=root, download=False)) == 10_000
     assert "Hansel" in course_utils.text_file(root=root, download=False)
 

@@ -11,8 +11,6 @@ import torch
 from solutions import course_utils, vae
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_mnist = pytest.mark.skipif(not (course_utils.data_root() / "MNIST" / "raw").is_dir(),
-                                 reason=f"MNIST is not in {course_utils.data_root()}/MNIST/raw")
 
 
 def test_help():
@@ -33,7 +31,7 @@ def test_4bit_levels():
     assert levels.flatten().tolist() == [0, 0, 1, 8, 15, 15]  # floor(16 * p / 255), at most 15
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_split_sizes_and_fixed_split():
     train, val, test = vae.mnist_4bit()
     assert (len(train), len(val), len(test)) == (54_000, 6_000, 10_000)
@@ -42,7 +40,7 @@ def test_split_sizes_and_fixed_split():
     assert image.shape == (1, 28, 28) and image.dtype == torch.long and 0 <= image.min() <= image.max() <= 15
 
 
-@needs_mnist
+@pytest.mark.mnist
 def test_tiny_training_run(tmp_path):
     vae.main(["--z-dim", "2", "--num-filters", "8", "--epochs", "2", "--train-limit", "512", "--eval-limit",
               "256", "--batch-size", "64", "--device", "cpu", "--out", str(tmp_path)])
