@@ -10,9 +10,11 @@ valid notebook is reported. Afterwards: feedback HTML per student and notebook, 
 With --examples it also checks that every example student scores as its file says, and fails if not.
 """
 import argparse
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -83,22 +85,26 @@ def test_scores(course, notebook, student):
                 if grade.cell.cell_type == "code"}
 
 
-def grade_notebook(course, notebook, students=None):
-    """Autograde the submissions of one notebook (all, or those of `students`).
+def grade_student(course, notebook, student):
+    """Check and autograde one student's notebook; return (scores or None, problem or None)."""
+    started = time.perf_counter()
+    problem = (check_submission(course / "submitted" / student / notebook, notebook)
+               or autograde_student(course, notebook, student))
+    scores = None if problem else test_scores(course, notebook, student)
+    print(f"  {notebook} {student}: {time.perf_counter() - started:.1f} s"
+          + (f"  PROBLEM: {problem}" if problem else ""), flush=True)
+    return scores, problem
+
+
+def grade_notebook(course, notebook, students=None, jobs=1):
+    """Autograde the submissions of one notebook (all, or those of `students`), `jobs` students at a time.
 
     Returns {student: (scores or None, problem or None)}.
     """
-    results = {}
-    for folder in sorted((course / "submitted").glob(f"*/{notebook}")):
-        student = folder.parent.name
-        if students is not None and student not in students:
-            continue
-        started = time.perf_counter()
-        problem = check_submission(folder, notebook) or autograde_student(course, notebook, student)
-        scores = None if problem else test_scores(course, notebook, student)
-        results[student] = (scores, problem)
-        print(f"  {notebook} {student}: {time.perf_counter() - started:.1f} s"
-              + (f"  PROBLEM: {problem}" if problem else ""))
+    names = sorted(folder.parent.name for folder in (course / "submitted").glob(f"*/{notebook}"))
+    names = [name for name in names if students is None or name in students]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = dict(zip(names, pool.map(lambda student: grade_student(course, notebook, student), names)))
     nbgrader("generate_feedback", notebook, "--force", course=course)
     return results
 
@@ -140,6 +146,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="notebooks to grade (default: all released)")
     parser.add_argument("--course", type=Path, default=COURSE, help=f"nbgrader course folder (default {COURSE})")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="students autograded at the same time (default: one per CPU core, %(default)s)")
     parser.add_argument("--examples", action="store_true",
                         help="grade the example students of autograder/examples/ and check their scores")
     args = parser.parse_args(argv)
@@ -152,7 +160,7 @@ def main(argv=None):
         if args.examples:
             expected = {example.student: example for example in write_example_submissions(course, notebook)}
         print(f"Autograding {notebook}:")
-        results = grade_notebook(course, notebook, students=expected if args.examples else None)
+        results = grade_notebook(course, notebook, expected if args.examples else None, args.jobs)
         for student, (scores, problem) in results.items():
             row = summary_row(notebook, student, scores, problem, expected.get(student))
             unexpected += row[-1].startswith("UNEXPECTED") or (args.examples and scores is None)
