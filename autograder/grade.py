@@ -105,7 +105,8 @@ def grade_notebook(course, notebook, students=None, jobs=1):
     names = [name for name in names if students is None or name in students]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = dict(zip(names, pool.map(lambda student: grade_student(course, notebook, student), names)))
-    nbgrader("generate_feedback", notebook, "--force", course=course)
+    if any(scores is not None for scores, _ in results.values()):
+        nbgrader("generate_feedback", notebook, "--force", course=course)
     return results
 
 
