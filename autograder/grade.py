@@ -53,13 +53,15 @@ def check_submission(folder, notebook):
     if not expected.exists():
         candidates = sorted(folder.glob("*.ipynb"))
         if len(candidates) != 1:
-            return f"no {expected.name} in {folder} (found: {[c.name for c in candidates] or 'nothing'})"
+            return (f"no {expected.name} in {folder} (found: {[c.name for c in candidates] or 'nothing'}); "
+                    f"ask the student to submit it under that name")
         candidates[0].rename(expected)
         print(f"  note: {folder.parent.name} submitted {candidates[0].name!r}; graded it as {expected.name}")
     try:
         nbformat.validate(nbformat.read(expected, as_version=4))
     except Exception as error:
-        return f"{expected} is not a valid notebook ({type(error).__name__}: {str(error)[:200]})"
+        return (f"{expected} is not a valid notebook ({type(error).__name__}: {str(error)[:200]}); "
+                f"ask the student to resubmit it")
     return None
 
 
