@@ -87,9 +87,12 @@ def build_release(out=ROOT, course=COURSE):
 
 def stale_files(fresh, fresh_root):
     """The committed generated files that differ from (or lack) their fresh build `fresh` below `fresh_root`."""
-    return [path.relative_to(fresh_root) for path in fresh
-            if not (ROOT / path.relative_to(fresh_root)).is_file()
-            or not filecmp.cmp(path, ROOT / path.relative_to(fresh_root), shallow=False)]
+    stale = []
+    for path in fresh:
+        relative = path.relative_to(fresh_root)
+        if not (ROOT / relative).is_file() or not filecmp.cmp(path, ROOT / relative, shallow=False):
+            stale.append(relative)
+    return stale
 
 
 def check():
