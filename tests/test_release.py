@@ -1,5 +1,9 @@
-"""The generated files: up to date, marked as generated, and the release gives nothing away."""
+"""The generated files: up to date, marked as generated; the release stands alone and gives nothing away."""
+import ast
 import re
+import textwrap
+import tomllib
+import zipfile
 
 import pytest
 
@@ -8,6 +12,48 @@ from autograder.course import ROOT, source_notebooks
 
 NOTEBOOKS = [source.stem for source in source_notebooks()]
 STUB = "# PUT YOUR CODE HERE  #\n"
+SECRET_REGION = re.compile(r"### BEGIN (SOLUTION|HIDDEN TESTS)\n(.*?)### END \1", flags=re.DOTALL)
+HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", flags=re.DOTALL)
+MENTION_OF_SOLUTIONS = re.compile(r"\bsolutions[./]\w")  # solutions.vae, solutions/part1_vae.md
+SHORTEST_SECRET_LINE = 12  # shorter lines (")", "return idx") also occur in honest code
+
+
+def nbgrader_sources():
+    return [notebooks.to_nbgrader_source(notebooks.read_source(source)) for source in source_notebooks()]
+
+
+def secret_lines():
+    """The lines (stripped) of every solution region, hidden test and model answer of the source notebooks
+    that occur nowhere else in them (a line the release shows anyway, such as `)`, is no secret)."""
+    secret, public = set(), set()
+    for source in nbgrader_sources():
+        for cell in source.cells:
+            if cell.cell_type == "markdown" and notebooks.is_solution_cell(cell):
+                secret.update(line.strip() for line in cell.source.splitlines())
+                continue
+            for region in SECRET_REGION.finditer(cell.source):
+                secret.update(line.strip() for line in region.group(2).splitlines())
+            public.update(line.strip() for line in SECRET_REGION.sub("", cell.source).splitlines())
+    return {line for line in secret - public if len(line) >= SHORTEST_SECRET_LINE}
+
+
+def what_students_and_readers_receive():
+    """{name: text} of every file of assignment/ (notebooks: their cells and metadata) and every book page
+    without its book-only cells (those show the reference's results, on purpose)."""
+    received = {}
+    for path in sorted((ROOT / "assignment").iterdir()):
+        if path.suffix == ".ipynb":
+            received[str(path.relative_to(ROOT))] = notebook_text(notebooks.read(path))
+        elif path.is_file():
+            received[str(path.relative_to(ROOT))] = path.read_text(encoding="utf-8")
+    for name in NOTEBOOKS:
+        page = notebooks.drop_tagged(notebooks.read(ROOT / "book" / f"{name}.ipynb"), "book-only")
+        received[f"book/{name}.ipynb (without book-only cells)"] = notebook_text(page)
+    return received
+
+
+def notebook_text(notebook):
+    return "\n".join([str(notebook.metadata)] + [cell.source for cell in notebook.cells])
 
 
 def test_every_generated_file_is_up_to_date(fresh_build):
@@ -15,11 +61,75 @@ def test_every_generated_file_is_up_to_date(fresh_build):
     assert not stale, f"run `make release`: these committed files differ from what the sources make: {stale}"
 
 
-def test_generated_files_say_so_in_their_first_lines(fresh_build):
+def test_generated_files_say_so(fresh_build):
+    """In their first lines, or for notebooks in their metadata (students and readers see a header for them)."""
     for path in fresh_build.written:
         committed = ROOT / path.relative_to(fresh_build.out)
-        first_lines = committed.read_text(encoding="utf-8")[:400]
-        assert "generated" in first_lines.lower() and "make release" in first_lines, committed
+        if committed.suffix == ".ipynb":
+            assert notebooks.read(committed).metadata["course"]["generated_by"] == "make release", committed
+        else:
+            text = committed.read_text(encoding="utf-8")
+            notice = text[-200:] if committed.suffix == ".md" else text[:400]
+            assert "generated" in notice.lower() and "make release" in notice, committed
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_release_notebooks_and_book_pages_open_with_a_header_for_their_readers(name):
+    for folder in ("assignment", "book"):
+        header = notebooks.read(ROOT / folder / f"{name}.ipynb").cells[0].source
+        assert "make release" not in header and "generated" not in header.lower()
+        assert "README.md" in header and "laptop CPU" in header and "minutes" in header
+
+
+def test_the_release_stands_alone_with_a_readme_and_cpu_requirements(fresh_build):
+    assignment = fresh_build.out / "assignment"
+    assert {path.name for path in assignment.iterdir()} == {
+        "README.md", "requirements.txt", "course_utils.py", *(f"{name}.ipynb" for name in NOTEBOOKS)}
+    readme = (assignment / "README.md").read_text(encoding="utf-8")
+    assert "pip install -r requirements.txt" in readme and all(f"{name}.ipynb" in readme for name in NOTEBOOKS)
+    lines = (assignment / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in lines
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert set(pinned) <= set(lines) and "torch==2.14.1" in lines and "torchvision==0.29.1" in lines
+    assert any("GPU" in line and "replace `cpu`" in line for line in lines if line.startswith("#"))
+
+
+def test_the_release_zip_holds_the_release_folder_and_nothing_else(fresh_build, tmp_path):
+    (fresh_build.out / "assignment" / "scratch.txt").write_text("a student's data")  # not generated: left out
+    zipped = release.build_zip(fresh_build.written, tmp_path / "assignment.zip")
+    (fresh_build.out / "assignment" / "scratch.txt").unlink()
+    with zipfile.ZipFile(zipped) as archive:
+        names = set(archive.namelist())
+        assert names == {f"assignment/{path.name}" for path in (fresh_build.out / "assignment").iterdir()}
+        assert archive.read("assignment/requirements.txt") == (
+            fresh_build.out / "assignment" / "requirements.txt").read_bytes()
+
+
+def test_nothing_students_or_readers_receive_names_the_solutions():
+    mentions = [f"{name}: ...{text[max(0, match.start() - 40):match.end() + 20]}..."
+                for name, text in what_students_and_readers_receive().items()
+                for match in MENTION_OF_SOLUTIONS.finditer(text)]
+    assert not mentions, "the release and the book must not send students to the solutions:\n" + "\n".join(mentions)
+
+
+def test_no_solution_hidden_test_or_model_answer_line_reaches_students_or_readers():
+    secrets = secret_lines()
+    assert len(secrets) > 500, "the source notebooks' secrets were not found: is the test still reading them?"
+    leaks = [f"{name}: {line}" for name, text in what_students_and_readers_receive().items()
+             for line in {line.strip() for line in text.splitlines()} & secrets]
+    assert not leaks, "secret lines in what students or readers receive:\n" + "\n".join(sorted(leaks))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_hidden_assert_says_what_it_checked(name):
+    """The feedback shows a failing hidden test by its message alone (autograder/feedback.py)."""
+    source = notebooks.read_source(ROOT / "solutions" / f"{name}.md")
+    bare = [f"{notebooks.grade_id(cell)}: {ast.unparse(node)[:90]}"
+            for cell in source.cells if cell.metadata.get("role") == "tests"
+            for hidden in HIDDEN_TESTS.findall(cell.source)
+            for node in ast.walk(ast.parse(textwrap.dedent(hidden)))
+            if isinstance(node, ast.Assert) and node.msg is None]
+    assert not bare, "hidden asserts need a message saying what was checked:\n" + "\n".join(bare)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
