@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade book clean
+.PHONY: course test release grade book clean collect formgrader feedback export
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,23 @@ course: grade book
 	@echo "Grades:             $(COURSE)/grades.csv"
 	@echo "Feedback:           $(COURSE)/feedback/<student>/<notebook>/<notebook>.html"
 	@echo "Book:               $(BOOK_HTML)/index.html"
+
+# The instructor's loop on a course (README.md, Instructors): make collect ZIP=<LMS download>, make grade,
+# make formgrader (grade the written answers), make feedback, make export. COURSE=<folder> for another course.
+collect: $(VENV)/installed
+	$(if $(ZIP),,$(error usage: make collect ZIP=<the zip of submissions downloaded from the LMS>))
+	$(BIN)/python -m autograder.collect "$(ZIP)" --course $(COURSE)
+
+formgrader: $(VENV)/installed
+	@echo "Formgrader: open the http://localhost:8888/formgrader/?token=... address printed below; Ctrl-C stops it."
+	cd $(COURSE) && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/jupyter lab --ServerApp.default_url=/formgrader \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+feedback: $(VENV)/installed
+	$(BIN)/python -m autograder.feedback --course $(COURSE)
+
+export: $(VENV)/installed
+	$(BIN)/python -m autograder.export --course $(COURSE)
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest

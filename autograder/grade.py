@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 
 from . import examples as example_submissions
-from . import notebooks
+from . import feedback, notebooks
 from .course import COURSE, nbgrader, source_notebooks
 
 STUDENT_TIME_LIMIT = 600  # seconds for one student's notebook, all cells together
@@ -108,7 +108,7 @@ def grade_notebook(course, notebook, students=None, jobs=1):
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = dict(zip(names, pool.map(lambda student: grade_student(course, notebook, student), names)))
     if any(scores is not None for scores, _ in results.values()):
-        nbgrader("generate_feedback", notebook, "--force", course=course)
+        feedback.generate(course, notebook)
     return results
 
 

@@ -23,3 +23,16 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # themselves while NBGRADER_EXECUTION is set, so correct work needs far less.
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
+
+# Feedback (autograder/feedback.py): hidden tests show their names, points and failure messages only; a note
+# while written answers wait for a grader; math from the MathJax copy in <course>/feedback/mathjax/.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "autograder.feedback.HideHiddenTests",
+    "autograder.feedback.NoteUngradedAnswers",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+c.GenerateFeedback.exporter_class = "autograder.feedback.FeedbackExporter"
+c.FeedbackExporter.template_name = "course_feedback"
+c.FeedbackExporter.extra_template_basedirs = [str(Path(__file__).resolve().parent / "templates"), str(
+    Path(__import__("nbgrader").__file__).parent / "server_extensions" / "formgrader" / "templates")]

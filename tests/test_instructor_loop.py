@@ -1,0 +1,199 @@
+"""The instructor's whole loop, end to end, as README.md tells it: an LMS download (a Canvas zip and a Moodle
+zip, one example student each) -> collect -> grade -> written answers graded through the formgrader's API ->
+feedback -> export, in a course folder of its own."""
+import csv
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+
+import pytest
+from nbgrader.api import Gradebook
+
+from autograder import collect, examples, export, notebooks, release
+from autograder.course import ROOT
+
+NOTEBOOK = "part1_vae"
+HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", flags=re.DOTALL)
+# Two real students, as the LMSs name their files: one late in Canvas, one in Moodle (whose KLD is wrong).
+CANVAS_FILE = f"doejane_late_12345_67890_{NOTEBOOK}.ipynb"
+MOODLE_FILE = f"John Smith_4321_assignsubmission_file_/{NOTEBOOK}.ipynb"
+STUDENTS = {"doejane_12345": "reference", "john_smith": "kld_mean"}  # student id: example it submits
+
+
+def example_notebook(course, student):
+    release_notebook = notebooks.read(course / "release" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
+    source = notebooks.read(course / "source" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
+    example = next(e for e in examples.load_examples(NOTEBOOK) if e.student == student)
+    return examples.submission(example, release_notebook, source)
+
+
+def lms_zip(path, member, notebook):
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, json.dumps(notebook))
+    return path
+
+
+def run(*args, cwd=ROOT):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Formgrader:
+    """`make formgrader`'s server (jupyter lab started in the course folder), reached over its REST API."""
+
+    def __init__(self, course):
+        self.token, self.port = "loop-test", free_port()
+        bin_dir = os.path.dirname(sys.executable)
+        self.server = subprocess.Popen(
+            [os.path.join(bin_dir, "jupyter"), "lab", "--no-browser", f"--port={self.port}",
+             f"--ServerApp.token={self.token}", "--ServerApp.port_retries=0",
+             *(["--allow-root"] if os.geteuid() == 0 else [])],
+            cwd=course, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env={**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]})
+
+    def request(self, path, data=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/formgrader/api/{path}",
+                                         data=None if data is None else json.dumps(data).encode(),
+                                         method="GET" if data is None else "PUT",
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def wait(self, seconds=180):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.server.poll() is None, "the formgrader's server stopped"
+            try:
+                return self.request("status")
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError("the formgrader's server did not answer")
+
+    def stop(self):
+        self.server.terminate()
+        self.server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def course(fresh_build, tmp_path_factory):
+    """A released course of its own (copied from the session's fresh build), with the two zips collected."""
+    course = tmp_path_factory.mktemp("loop") / "course"
+    shutil.copytree(fresh_build.course, course)
+    release.write_course_config(course)
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        gradebook.update_or_create_student("untouched")  # an example student: must stay out of the exports
+    downloads = course.parent
+    canvas = lms_zip(downloads / "canvas.zip", CANVAS_FILE, example_notebook(course, "reference"))
+    moodle = lms_zip(downloads / "moodle.zip", MOODLE_FILE, example_notebook(course, "kld_mean"))
+    collect.main([str(canvas), "--course", str(course)])
+    collect.main([str(moodle), "--course", str(course)])
+    return course
+
+
+def test_collect_files_each_student_with_name_id_and_late_flag(course):
+    for student in STUDENTS:
+        assert (course / "submitted" / student / NOTEBOOK / f"{NOTEBOOK}.ipynb").is_file()
+    records = export.read_records(course)
+    assert records[(NOTEBOOK, "doejane_12345")]["late"] == "yes"
+    assert records[(NOTEBOOK, "john_smith")]["lms_id"] == "4321"
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        student = gradebook.find_student("john_smith")
+        assert (student.first_name, student.last_name) == ("John", "Smith")
+
+
+def test_collect_reads_brightspace_and_blackboard_names():
+    brightspace = re.match(collect.BrightspaceCollector.named_regexp,
+                           f"/x/123-456 - Ann Lee - Mar 3, 2024 945 AM - {NOTEBOOK}.ipynb")
+    blackboard = re.match(collect.BlackboardCollector.named_regexp,
+                          f"/x/HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb")
+    assert brightspace["full_name"] == "Ann Lee" and brightspace["file_id"] == f"{NOTEBOOK}.ipynb"
+    assert blackboard["username"] == "alee" and blackboard["file_id"] == f"{NOTEBOOK}.ipynb"
+    assert collect.detect_lms([f"HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb"]) == "blackboard"
+    assert collect.detect_lms([MOODLE_FILE, "index.html"]) == "moodle"
+    assert collect.detect_lms([CANVAS_FILE]) == "canvas"
+
+
+@pytest.fixture(scope="module")
+def graded(course):
+    """The course after `make grade`, the written answers graded in the formgrader, and `make feedback`; the
+    feedback pages as they were before the written answers were graded."""
+    run("-m", "autograder.grade", NOTEBOOK, "--course", str(course))
+    before = {student: feedback_page(course, student) for student in STUDENTS}
+    formgrader = Formgrader(course)
+    try:
+        formgrader.wait()
+        assert NOTEBOOK in [assignment["name"] for assignment in formgrader.request("assignments")]
+        for submission in formgrader.request(f"submitted_notebooks/{NOTEBOOK}/{NOTEBOOK}"):
+            for grade in formgrader.request(f"grades?submission_id={submission['id']}"):
+                if grade["needs_manual_grade"]:  # the written answers: full marks, as a grader would give
+                    formgrader.request(f"grade/{grade['id']}", {"manual_score": grade["max_score"]})
+    finally:
+        formgrader.stop()
+    run("-m", "autograder.feedback", "--course", str(course))
+    return before
+
+
+def feedback_page(course, student):
+    return (course / "feedback" / student / NOTEBOOK / f"{NOTEBOOK}.html").read_text(encoding="utf-8")
+
+
+def test_feedback_says_when_written_answers_are_not_graded_yet(course, graded):
+    assert all("Written answers not graded yet" in page for page in graded.values())
+    assert not any("Written answers not graded yet" in feedback_page(course, s) for s in STUDENTS)
+
+
+def test_feedback_shows_test_names_and_messages_but_no_hidden_test_code(course, graded):
+    source = notebooks.read(course / "source" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
+    hidden = {line.strip() for cell in source.cells for region in HIDDEN_TESTS.findall(cell.source)
+              for line in region.splitlines() if len(line.strip()) >= 12}
+    hidden -= {line.strip() for cell in source.cells for line in HIDDEN_TESTS.sub("", cell.source).splitlines()}
+    assert len(hidden) > 20
+    for student in STUDENTS:
+        page = feedback_page(course, student)
+        text = re.sub(r"<[^>]+>", "", page).replace("&quot;", '"').replace("&#39;", "'").replace("&gt;", ">") \
+            .replace("&lt;", "<").replace("&amp;", "&")
+        shown = sorted(hidden & {line.strip() for line in text.splitlines()})
+        assert not shown, f"{student}'s feedback shows hidden tests: {shown[:3]}"
+        assert "HIDDEN TESTS" not in page and "test_kld" in page
+        assert 'src="../../mathjax/tex-chtml.js"' in page
+    failed_kld = feedback_page(course, "john_smith").split('name="test_kld"')[1].split('name="test_')[0]
+    assert "AssertionError" in failed_kld and "Traceback" not in failed_kld
+    assert (course / "feedback" / "mathjax" / "tex-chtml.js").is_file()
+
+
+def read_csv(path):
+    with path.open(newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def test_export_writes_real_students_grades_with_written_answers_and_lms_files(course, graded):
+    export.main(["--course", str(course)])
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        maximum = gradebook.find_assignment(NOTEBOOK).max_score
+        tests = sum(cell.max_score for cell in gradebook.find_notebook(NOTEBOOK, NOTEBOOK).grade_cells
+                    if cell.cell_type == "code")
+    grades = {row["student_id"]: row for row in read_csv(course / "grades.csv") if row["assignment"] == NOTEBOOK}
+    assert set(grades) == set(STUDENTS), "grades.csv: the real students, never the example students"
+    assert float(grades["doejane_12345"]["score"]) == maximum > tests, "written answers count in the score"
+    assert float(grades["john_smith"]["score"]) < maximum
+    assert grades["doejane_12345"]["late"] == "yes" and grades["john_smith"]["late"] == ""
+    canvas = read_csv(course / "canvas.csv")
+    assert list(canvas[0])[:5] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+    assert [(row["ID"], float(row[NOTEBOOK])) for row in canvas] == [("12345", maximum)]
+    moodle = read_csv(course / f"moodle_{NOTEBOOK}.csv")
+    assert [(row["Identifier"], row["Full name"]) for row in moodle] == [("Participant 4321", "John Smith")]
+    assert float(moodle[0]["Grade"]) == float(grades["john_smith"]["score"])
