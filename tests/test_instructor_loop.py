@@ -197,3 +197,26 @@ def test_export_writes_real_students_grades_with_written_answers_and_lms_files(c
     moodle = read_csv(course / f"moodle_{NOTEBOOK}.csv")
     assert [(row["Identifier"], row["Full name"]) for row in moodle] == [("Participant 4321", "John Smith")]
     assert float(moodle[0]["Grade"]) == float(grades["john_smith"]["score"])
+
+
+def test_hidden_tests_leave_only_their_name_points_and_message():
+    """HideHiddenTests on its own, with a failure in the hidden part and a student's cell that quotes the
+    marker (left as written: only test cells are touched)."""
+    import nbformat
+
+    from autograder.feedback import HideHiddenTests
+
+    test = nbformat.v4.new_code_cell(
+        "assert f(1) == 2, 'f(1)'\n### BEGIN HIDDEN TESTS\nassert f(5) == 11, 'f of an odd number is wrong'\n"
+        "### END HIDDEN TESTS", metadata={"nbgrader": {"grade": True, "solution": False, "grade_id": "test_f",
+                                                         "points": 2, "locked": True}})
+    test.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f of an odd number is wrong",
+                                           traceback=["----> 3 assert f(5) == 11, 'f of an odd number is wrong'"])]
+    student = nbformat.v4.new_code_cell("# BEGIN HIDDEN TESTS is just a comment here",
+                                        metadata={"nbgrader": {"grade": False, "solution": True, "grade_id": "f"}})
+    notebook, _ = HideHiddenTests().preprocess(nbformat.v4.new_notebook(cells=[test, student]), {})
+    shown, kept = notebook.cells
+    assert "f(5)" not in shown.source and shown.source.startswith("assert f(1) == 2, 'f(1)'")
+    assert shown.metadata.nbgrader.grade_id == "test_f" and shown.metadata.nbgrader.points == 2
+    assert shown.outputs[0].traceback == ["AssertionError: f of an odd number is wrong"]
+    assert kept.source == "# BEGIN HIDDEN TESTS is just a comment here"
