@@ -59,6 +59,7 @@ class LmsCollector(FileNameCollectorPlugin):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.records = {}
+        self.collected_paths = []
 
     def describe(self, match, path):
         """{student_id, lms_id, first_name, last_name, late, submitted_at} of a matched file."""
@@ -78,6 +79,7 @@ class LmsCollector(FileNameCollectorPlugin):
         record = self.describe(info, Path(submitted_file))
         record.update(lms=self.lms, file=info["file_id"], assignment=self.parent.coursedir.assignment_id)
         self.records[record["student_id"]] = record
+        self.collected_paths.append(submitted_file)
         info = {"student_id": record["student_id"], "file_id": info["file_id"]}
         if record["submitted_at"]:
             info["timestamp"] = record["submitted_at"]
@@ -157,16 +159,17 @@ def released_assignments(course):
 
 
 def zip_collect(course, assignment, archive, collector):
-    """nbgrader zip_collect of one assignment from `archive`, with `collector`; return its records."""
+    """nbgrader zip_collect of one assignment from `archive`, with `collector`; return its records and the
+    paths of the files it collected."""
     folder = course / "downloaded" / assignment / "archive"
     shutil.rmtree(folder, ignore_errors=True)  # exactly this download: an older one must not come back
     folder.mkdir(parents=True)
     shutil.copy(archive, folder / archive.name)
     app = ZipCollectApp()
-    app.initialize([assignment, "--force", f"--CourseDirectory.root={course}"])
+    app.initialize([assignment, "--force", "--log-level=ERROR", f"--CourseDirectory.root={course}"])  # we report
     app.collector_plugin = collector
     app.start()
-    return list(app.collector_plugin_inst.records.values())
+    return list(app.collector_plugin_inst.records.values()), app.collector_plugin_inst.collected_paths
 
 
 def save_records(course, records):
@@ -200,9 +203,15 @@ def collect(archive, course=COURSE, lms=None, assignment=None):
     if assignment is not None and assignment not in released:
         raise SystemExit(f"{assignment} is not released in {course} (released: {', '.join(released)})")
     collector = type(COLLECTORS[lms].__name__, (COLLECTORS[lms],), {"assignment": assignment, "released": released})
-    records = []
+    records, paths = [], []
     for name in [assignment] if assignment else released:
-        records += zip_collect(course, name, archive, collector)
+        collected = zip_collect(course, name, archive, collector)
+        records += collected[0]
+        paths += collected[1]
+    for member in names:
+        if member.endswith(".ipynb") and not any(path.endswith("/" + member) for path in paths):
+            print(f"skipped {member}: its name is not laid out as {lms} names submissions, or matches no "
+                  f"released assignment ({', '.join(released)}); pass --assignment NAME to collect it into NAME")
     save_records(course, records)
     return records
 
