@@ -100,11 +100,18 @@ def build_part(source, out, course):
 
     released = notebooks.read(course / "release" / assignment / f"{assignment}.ipynb")
     released.metadata["course"] = GENERATED_METADATA
-    about = {"notebook": assignment, "cpu_time": CPU_TIME[assignment]}
+    about = {"notebook": assignment, "cpu_time": cpu_time(assignment)}
     for_students = notebooks.drop_tagged(released, "book-only")
     notebooks.write(notebooks.with_header_cell(for_students, RELEASE_HEADER.format(**about)), paths["release"])
     notebooks.write(notebooks.with_header_cell(released, BOOK_HEADER.format(**about)), paths["book"])
     return list(paths.values())
+
+
+def cpu_time(notebook):
+    if notebook not in CPU_TIME:
+        raise ValueError(f"{notebook}: add how long its training cells take on a laptop CPU to CPU_TIME in "
+                         f"autograder/release.py (the headers and the students' README say it)")
+    return CPU_TIME[notebook]
 
 
 def title(notebook):
@@ -134,7 +141,7 @@ def student_readme(sources):
     return STUDENT_README.read_text(encoding="utf-8").format(
         parts="\n".join(f"- `{name}.ipynb`: {heading}" for name, heading in parts),
         python=project["requires-python"].replace(">=", "") + " or newer",
-        cpu_times=", ".join(f"{CPU_TIME[name]} ({name})" for name, _ in parts),
+        cpu_times=", ".join(f"{cpu_time(name)} ({name})" for name, _ in parts),
         notebook_files=", ".join(f"`{name}.ipynb`" for name, _ in parts))
 
 
