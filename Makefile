@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade book clean
+.PHONY: course test release grade book clean browser
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ course: grade book
 	@echo "Feedback:           $(COURSE)/feedback/<student>/<notebook>/<notebook>.html"
 	@echo "Book:               $(BOOK_HTML)/index.html"
 
-test: $(VENV)/installed
+test: $(VENV)/installed browser
 	$(BIN)/python -m pytest
+
+# The book's browser test (tests/test_book.py) renders the pages in Chromium: install it when it is missing and
+# we are root with apt-get; otherwise that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium"
 
 clean:
 	rm -rf build
