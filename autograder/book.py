@@ -2,7 +2,8 @@
 
 A book page is the student release of a part, changed for readers in a few small steps (each a function below):
 - a notice that the page is generated, and a first code cell that fetches `course_utils.py` when the notebook
-  runs without it (opened in Colab or downloaded from the book), from the repository named in book/_config.yml;
+  runs without it (opened in Colab or downloaded from the book), from the repository named in book/_config.yml
+  (tagged remove-cell: the notebook has it, the book's page does not show it);
 - every theory answer placeholder becomes a collapsed "your answer" box: readers never see a model answer;
 - the cells tagged book-only stay, with their placeholders `{{ metrics.json | test_bpd[-1] | .3f }}` filled
   in from the reference results in book/results/<notebook>/, so that captions read their numbers from the
@@ -144,8 +145,9 @@ def page(released, source):
         if notebooks.has_tag(cell, "book-only"):
             cell.source = fill_placeholders(cell.source, results)
     attach_outputs(book_page.cells, results)
+    # Only in the notebook: the book's readers need no helpers (the introduction tells them about this cell).
     book_page.cells.insert(0, nbformat.v4.new_code_cell(FETCH_HELPERS.format(url=helpers_url(settings())),
-                                                        id="fetch-helpers"))
+                                                        id="fetch-helpers", metadata={"tags": ["remove-cell"]}))
     return notebooks.with_header_cell(book_page, NOTICE.format(source=source))
 
 
