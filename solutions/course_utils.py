@@ -136,7 +136,7 @@ def announce_training(what, cpu_seconds, device):
     if torch.device(device).type == "cpu":
         print(f"Training {what}: {estimate} (a busy machine is slower).", flush=True)
     else:
-        print(f"Training {what} on {device}: much faster than the {estimate}.", flush=True)
+        print(f"Training {what} on {device}, much faster than the CPU ({estimate}).", flush=True)
 
 
 class NotReadyError(RuntimeError):
