@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade book clean collect formgrader feedback export
+.PHONY: course test release grade book clean collect formgrader feedback export browser
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,8 +55,14 @@ feedback: $(VENV)/installed
 export: $(VENV)/installed
 	$(BIN)/python -m autograder.export --course $(COURSE)
 
-test: $(VENV)/installed
+test: $(VENV)/installed browser
 	$(BIN)/python -m pytest
+
+# The book's browser test (tests/test_book.py) renders the pages in Chromium: install it when it is missing and
+# we are root with apt-get; otherwise that test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || echo "could not install chromium"
 
 clean:
 	rm -rf build

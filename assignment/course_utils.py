@@ -3,8 +3,7 @@
 """Helpers shared by every part of the course: finding data, seeding, devices, progress bars, and a clear
 message for exercises that are not done yet.
 
-This file is written by hand. `make release` copies it next to the student notebooks (`assignment/`), so
-the notebooks import it as `course_utils`, and the solution modules as `solutions.course_utils`.
+Keep this file next to the notebooks: they import it as `course_utils`.
 """
 import os
 import random
@@ -121,6 +120,44 @@ def progress(iterable, **kwargs):
     return tqdm(iterable, disable=AUTOGRADING or kwargs.pop("disable", False), **kwargs)
 
 
+# The course's test machine: the training cells' time estimates were measured on it.
+TEST_MACHINE = "a 2-core CPU"
+
+
+def duration(seconds):
+    """'about 40 s', 'about 7 minutes': a rough duration for a person to plan with."""
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
+    return f"about {round(seconds / 60):.0f} minutes"
+
+
+def announce_training(what, cpu_seconds, device):
+    """Print, before a training cell starts, what it trains and how long that takes on the course's test machine."""
+    estimate = f"{duration(cpu_seconds)} on {TEST_MACHINE}, measured when the course was made"
+    if torch.device(device).type == "cpu":
+        print(f"Training {what}: {estimate} (a busy machine is slower).", flush=True)
+    else:
+        print(f"Training {what} on {device}, much faster than the CPU ({estimate}).", flush=True)
+
+
+class NotReadyError(RuntimeError):
+    """A cell needs what a cell above makes, and that cell has not run (or failed)."""
+
+
+def require(namespace, cell, **expected_types):
+    """Raise NotReadyError, naming `cell`, unless every keyword's name is in `namespace` with the given type.
+
+    A plotting cell calls require(globals(), "the training cell above", samples=dict): after a failed training
+    cell it then says what to run, instead of failing on a missing name or on a test's stand-in of that name.
+    """
+    for name, expected_type in expected_types.items():
+        if name not in namespace:
+            raise NotReadyError(f"`{name}` is not defined yet: run {cell} first.")
+        if not isinstance(namespace[name], expected_type):
+            raise NotReadyError(f"`{name}` is a {type(namespace[name]).__name__}, not what {cell} makes "
+                                f"(a {expected_type.__name__}): run {cell} first.")
+
+
 def unfinished_exercise(error):
     """The name of the function or method whose stub raised `error`, e.g. 'KLD' or 'VAE.forward'."""
     traceback = error.__traceback__
@@ -133,7 +170,8 @@ def unfinished_exercise(error):
 
 
 def explain_unfinished_exercises():
-    """In IPython, report a NotImplementedError as 'exercise X is not done yet' instead of a traceback.
+    """In IPython, report a NotImplementedError as 'exercise X is not done yet' instead of a traceback, and a
+    NotReadyError by its message alone.
 
     The cell still fails (so an autograder counts it as failed); only the message changes.
     """
@@ -143,8 +181,11 @@ def explain_unfinished_exercises():
         return
 
     def explain(shell, kind, error, traceback, tb_offset=None):
-        message = (f"NotImplementedError: {unfinished_exercise(error)} is not done yet. Fill in its block "
-                   f"marked PUT YOUR CODE HERE, run that cell, then run this one again.")
+        if isinstance(error, NotReadyError):
+            message = f"NotReadyError: {error}"
+        else:
+            message = (f"NotImplementedError: {unfinished_exercise(error)} is not done yet. Fill in its block "
+                       f"marked PUT YOUR CODE HERE, run that cell, then run this one again.")
         shell._showtraceback(kind, error, [message])  # shown as the cell's error, in place of the traceback
 
-    shell.set_custom_exc((NotImplementedError,), explain)
+    shell.set_custom_exc((NotImplementedError, NotReadyError), explain)

@@ -3,7 +3,7 @@
 For each source notebook solutions/<notebook>.md (e.g. part1_vae.md) it writes
     solutions/<module>.py           the solution module, from the cells tagged export or module-only
     assignment/<notebook>.ipynb     the student release, made by nbgrader generate_assignment
-    book/<notebook>.ipynb           the book page: the release plus the cells tagged book-only
+    book/<notebook>.ipynb           the book page (autograder/book.py): the release plus the cells tagged book-only
 and, once, what makes assignment/ stand alone: course_utils.py (a copy of solutions/course_utils.py),
 README.md (for students) and requirements.txt (from pyproject.toml, with the CPU build of torch). Then it zips
 assignment/ into build/release/assignment.zip, the file to hand to students. The nbgrader course folder it
@@ -24,7 +24,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from . import notebooks
+from . import book, notebooks
 from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, source_notebooks
 
 SHARED_HELPERS = "course_utils.py"
@@ -32,7 +32,7 @@ RELEASE_ZIP = ROOT / "build" / "release" / "assignment.zip"
 STUDENT_README = AUTOGRADER / "templates" / "assignment_README.md"
 
 # Computing time of each part's training cells on a laptop CPU, as the source notebooks state it.
-CPU_TIME = {"part1_vae": "about 10 minutes", "part2_aae": "about 10 minutes", "part3_gpt": "about 5 minutes"}
+CPU_TIME = {"part1_vae": "about 12 minutes", "part2_aae": "about 6 minutes", "part3_gpt": "about 12 minutes"}
 
 MODULE_HEADER = '''\
 # GENERATED FILE: do not edit. `make release` exports it from {source} (the cells tagged export or
@@ -103,7 +103,7 @@ def build_part(source, out, course):
     about = {"notebook": assignment, "cpu_time": cpu_time(assignment)}
     for_students = notebooks.drop_tagged(released, "book-only")
     notebooks.write(notebooks.with_header_cell(for_students, RELEASE_HEADER.format(**about)), paths["release"])
-    notebooks.write(notebooks.with_header_cell(released, BOOK_HEADER.format(**about)), paths["book"])
+    notebooks.write(book.page(released, assignment, BOOK_HEADER.format(**about)), paths["book"])
     return list(paths.values())
 
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
+from matplotlib.ticker import MaxNLocator
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
 from torchvision.utils import make_grid
@@ -312,6 +313,7 @@ def plot_bpd_curves(metrics):
     for split in ("train", "val", "test"):
         ax.plot(metrics["epoch"], metrics[f"{split}_bpd"], marker="o", label=split)
     ax.set(xlabel="epoch", ylabel="bits per dimension", title=f"VAE, z_dim={metrics['config']['z_dim']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.legend()
     return fig
 

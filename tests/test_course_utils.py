@@ -69,3 +69,20 @@ def test_an_unfinished_exercise_is_named_by_its_function_and_class():
         with pytest.raises(NotImplementedError) as error:
             call()
         assert course_utils.unfinished_exercise(error.value) == name
+
+
+def test_a_cell_that_needs_an_earlier_result_says_which_cell_to_run(capsys):
+    namespace = {"samples": {0: "grid"}, "model": object()}
+    course_utils.require(namespace, "the training cell above", samples=dict)
+    with pytest.raises(course_utils.NotReadyError, match="`history` is not defined yet: run the training cell"):
+        course_utils.require(namespace, "the training cell above", samples=dict, history=dict)
+    with pytest.raises(course_utils.NotReadyError, match="`model` is a object, not what the training cell"):
+        course_utils.require(namespace, "the training cell above", model=dict)
+
+
+def test_training_cells_announce_their_measured_duration(capsys):
+    course_utils.announce_training("the VAE for 3 epochs", 420, "cpu")
+    assert capsys.readouterr().out == ("Training the VAE for 3 epochs: about 7 minutes on a 2-core CPU, measured when "
+                                       "the course was made (a busy machine is slower).\n")
+    course_utils.announce_training("the GPT", 40, "cuda")
+    assert "the GPT on cuda, much faster than the CPU (about 40 s on a 2-core CPU" in capsys.readouterr().out
