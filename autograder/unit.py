@@ -315,10 +315,25 @@ def grade_in_worker(job, workdir):
     return result
 
 
+def generate_feedback(course, assignment, student):
+    """nbgrader generate_feedback for one student of a course folder (no student code runs here)."""
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(AUTOGRADER)).load_config()
+    config.CourseDirectory.root = str(course)
+    outcome = NbGraderAPI(config=config).generate_feedback(assignment, student, force=True)
+    return outcome.get("error", "") if not outcome["success"] else ""
+
+
+TASKS = {"grade": grade_in_worker, "feedback": generate_feedback}
+
+
 def serve(requests, replies):
-    """The worker process: read (job, workdir) frames, answer result frames, until the parent closes the pipe."""
-    while (job := read_frame(requests)) is not None:
-        write_frame(replies, grade_in_worker(*job))
+    """The worker process: read (task, arguments) frames, answer with the task's value, until the pipe closes."""
+    while (request := read_frame(requests)) is not None:
+        task, arguments = request
+        write_frame(replies, TASKS[task](*arguments))
 
 
 def write_frame(stream, value):
@@ -382,27 +397,40 @@ class Worker:
         self.stop()
         self.errors.close()
 
+    def call(self, task, arguments, seconds):
+        """(True, the task's value) from the worker, or (False, None) when it died or ran past `seconds`.
+
+        A worker that did not answer is killed; the next call starts a fresh one."""
+        if self.process is None:
+            self.start()
+        write_frame(self.process.stdin, (task, arguments))
+        reply = self.read_reply(time.perf_counter() + seconds)
+        return reply is not None, (reply[0] if reply else None)
+
     def grade(self, job):
         limits = Limits.of(job)
         workdir = Path(tempfile.mkdtemp(prefix=f"dgm-grade-{job['student']}-"))
         started = time.perf_counter()
         try:
-            if self.process is None:
-                self.start()
-            write_frame(self.process.stdin, (job, workdir))
-            reply = self.read_reply(started + limits.notebook_seconds)
-            if reply is None:
-                result = self.lost(job, workdir, limits, time.perf_counter() - started)
+            answered, result = self.call("grade", (job, workdir), limits.notebook_seconds)
+            if not answered:
+                result = self.lost(job, workdir, limits)
                 self.stop()
-            else:
-                result = reply
             result["seconds"] = time.perf_counter() - started
             return result
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
+    def feedback(self, course, assignment, student, seconds):
+        """nbgrader's feedback for one student; a problem to report, or ''."""
+        answered, error = self.call("feedback", (str(course), assignment, student), seconds)
+        if not answered:
+            self.stop()
+            return f"no feedback: generating it ran past {seconds} s"
+        return f"no feedback: {error.strip().splitlines()[-1]}" if error.strip() else ""
+
     def read_reply(self, deadline):
-        """The worker's answer, or None when it died or the deadline passed."""
+        """[the worker's answer], or None when it died or the deadline passed."""
         import select
 
         stream = self.process.stdout
@@ -419,9 +447,9 @@ class Worker:
             if needed == 0 and header is None:
                 header = b"".join(chunks)
                 chunks, needed = [], struct.unpack("<Q", header)[0]
-        return pickle.loads(b"".join(chunks))
+        return [pickle.loads(b"".join(chunks))]
 
-    def lost(self, job, workdir, limits, seconds):
+    def lost(self, job, workdir, limits):
         """The failed result of a job whose worker died or ran past the notebook's time limit."""
         progress = workdir / "progress"
         try:
