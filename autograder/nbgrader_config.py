@@ -23,3 +23,14 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # themselves while NBGRADER_EXECUTION is set, so correct work needs far less.
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
+
+# Outputs kept in autograded notebooks and feedback: nbgrader's LimitOutput caps lines and traceback lines, the
+# course's TruncateLongOutputs caps characters per output (a single 200 MB line passes LimitOutput).
+from nbgrader.converters import Autograde  # noqa: E402
+from nbgrader.preprocessors import LimitOutput  # noqa: E402
+
+from autograder.preprocessors import TruncateLongOutputs  # noqa: E402
+
+_pipeline = Autograde.class_traits()["autograde_preprocessors"].default()
+c.Autograde.autograde_preprocessors = (_pipeline[:_pipeline.index(LimitOutput) + 1] + [TruncateLongOutputs]
+                                       + _pipeline[_pipeline.index(LimitOutput) + 1:])
