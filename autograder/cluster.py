@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 from distributed import Client, Reschedule, WorkerPlugin, get_worker, wait
 from distributed.scheduler import KilledWorker
+from tqdm import tqdm
 
 from . import unit
 
@@ -119,10 +120,33 @@ def batches(jobs, size):
         yield from (group[start:start + size] for start in range(0, len(group), size))
 
 
-def killed_worker_result(job, error):
-    reason = (f"the grading worker died every time it graded this student ({error.allowed_failures + 1} times); "
-              f"look for a submission that crashes the machine (memory, processes) and grade it by hand")
+def lost_result(job, error):
+    """The failed result of a student whose one-student task failed on the cluster."""
+    if isinstance(error, KilledWorker):
+        reason = (f"the grading worker died every time it graded this student ({error.allowed_failures + 1} "
+                  f"times); look for what in the submission brings a machine down and grade it by hand")
+    else:
+        reason = f"the cluster could not grade it: {type(error).__name__}: {str(error)[:300]}"
     return unit.new_result(job, reason=reason, log=f"{reason}\n{error!r}")
+
+
+def progress_bar(results, total, label):
+    """Yield `results`, with a progress bar on a terminal: students done, ok, failed, flagged, time left."""
+    counts = dict.fromkeys(["ok", "failed", "flagged"], 0)
+    with tqdm(total=total, desc=label, unit="student", disable=None, leave=False) as bar:
+        for result in results:
+            counts[result["status"]] += 1
+            bar.set_postfix(counts, refresh=False)
+            bar.update()
+            with tqdm.external_write_mode():  # what the caller prints while it holds the result goes above the bar
+                yield result
+
+
+def dashboard_link(client):
+    try:
+        return client.dashboard_link
+    except KeyError:  # a scheduler started without its dashboard
+        return None
 
 
 class DaskExecutor:
@@ -133,11 +157,8 @@ class DaskExecutor:
         self.refused = {}  # worker address -> what differs
         client.subscribe_topic(ENVIRONMENT_TOPIC, self.refuse)
         client.register_plugin(CourseEnvironmentCheck(course_environment(sandbox)))
-        if client.dashboard_link and self.has_dashboard():
-            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
-
-    def has_dashboard(self):
-        return "dashboard" in self.client.scheduler_info(n_workers=0).get("services", {})
+        if link := dashboard_link(client):
+            print(f"Dask dashboard: {link}", flush=True)
 
     def refuse(self, event):
         _, message = event
@@ -154,9 +175,11 @@ class DaskExecutor:
         pending = dict(self.submit(batch) for batch in batches(jobs, self.batch_size))
         delivered = set()
         while pending:
-            done, _ = wait(list(pending), timeout=60, return_when="FIRST_COMPLETED")
-            if not done:
+            try:
+                done, _ = wait(list(pending), timeout=60, return_when="FIRST_COMPLETED")
+            except TimeoutError:
                 self.check_workers_left()
+                continue
             for future in done:
                 batch = pending.pop(future)
                 for result in self.results_of(future, batch, pending):
@@ -166,20 +189,15 @@ class DaskExecutor:
                         yield result
 
     def results_of(self, future, batch, pending):
-        """The results of a finished task; a batch that killed its workers is resubmitted one student per task."""
+        """The results of a finished task. A batch that failed (e.g. killed every worker it ran on) is sent again
+        one student per task, so that only the student who caused it fails."""
         try:
-            results = future.result()
-        except KilledWorker as error:
+            return future.result()
+        except Exception as error:
             if len(batch) == 1:
-                return [killed_worker_result(batch[0], error)]
+                return [lost_result(batch[0], error)]
             pending.update(self.submit([job]) for job in batch)
             return []
-        expected = {(job["assignment"], job["student"]): unit.release_hash(job) for job in batch}
-        for result in results:  # a worker sends back only the students it was sent, graded against their release
-            if expected.get((result["assignment"], result["student"])) != result["release_hash"]:
-                raise RuntimeError(f"a worker answered for {result['assignment']}/{result['student']} with the "
-                                   f"wrong release; is every worker on the same course checkout?")
-        return results
 
     def check_workers_left(self):
         """Stop with a clear message when every worker was refused (the run would wait forever)."""

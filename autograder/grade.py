@@ -16,6 +16,7 @@ formgrader. Then feedback per student, under its own time limit, and the summary
 import argparse
 import csv
 import io
+import itertools
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from pathlib import Path
 import nbformat
 
 from . import examples as example_submissions
-from . import notebooks, unit
+from . import cluster, notebooks, unit
 from .course import COURSE, EXAMPLES_COURSE, nbgrader, source_notebooks
 
 STUDENT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -266,14 +267,19 @@ class Pool:
     def submit(self, method, *arguments):
         return self.executor.submit(lambda: getattr(self.worker(), method)(*arguments))
 
+    def map_batches(self, jobs):
+        """The results of `jobs`, as they finish (the interface of cluster.DaskExecutor)."""
+        return (future.result() for future in as_completed([self.submit("grade", job) for job in jobs]))
+
     def close(self):
         self.executor.shutdown()
         for worker in self.workers:
             worker.close()
 
 
-def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_seconds):
-    """Grade what is new in the course; return the report rows of this batch, each with 'done': graded/skipped."""
+def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_seconds, executor=None):
+    """Grade what is new in the course on `executor` (default: `pool`, which also makes the feedback); return the
+    report rows of this batch, each with 'done': graded/skipped."""
     report = read_report(course)
     rows = []
     for notebook in notebook_names:
@@ -286,8 +292,8 @@ def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_
               f"grading (skipped), {len(failures)} refused", flush=True)
         rows += [{**row, "done": "skipped"} for row in skipped]
         notes = {job["student"]: job.pop("notes") for job in jobs}
-        graded = [pool.submit("grade", job) for job in fresh]
-        for result in failures + [future.result() for future in as_completed(graded)]:
+        graded = cluster.progress_bar((executor or pool).map_batches(fresh), len(fresh), notebook)
+        for result in itertools.chain(failures, graded):
             student = result["student"]
             result = record(course, result, source, submission_timestamp(course, student, notebook),
                             notes.get(student, []))
@@ -409,6 +415,7 @@ def parse_arguments(argv):
                         help="wall time of one student's notebook (default %(default)s s)")
     parser.add_argument("--feedback-seconds", type=int, default=FEEDBACK_SECONDS,
                         help="wall time of one student's feedback (default %(default)s s)")
+    cluster.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -427,11 +434,14 @@ def main(argv=None):
     back_up_gradebook(course)
 
     started, pool = time.perf_counter(), Pool(args.jobs)
+    executor = cluster.executor_from(args, sandbox=not args.unsafe_no_sandbox)
     try:
         rows = grade_course(course, names, pool, limits, not args.unsafe_no_sandbox, args.force,
-                            args.feedback_seconds)
+                            args.feedback_seconds, executor)
     finally:
         pool.close()
+        if executor is not None:
+            executor.close()
     check_gradebook(course)
     grades = course / "grades.csv"
     nbgrader("export", f"--to={grades}", course=course)
