@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
+import math
 import platform
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ from . import unit
 
 AUTOGRADER = Path(__file__).resolve().parent
 ENVIRONMENT_TOPIC = "dgm-course-environment"  # the event a refused worker sends to the coordinator
+WAIT_SECONDS = 5  # how often the coordinator looks whether any worker is left while it waits for results
 BATCH_SIZE = 5  # students per task: the unit's start-up (a process, nbgrader's import) is paid once per batch
 logger = logging.getLogger(__name__)
 
@@ -161,10 +163,18 @@ class DaskExecutor:
             print(f"Dask dashboard: {link}", flush=True)
 
     def refuse(self, event):
+        """Say once why a worker was refused (an event sent by CourseEnvironmentCheck)."""
         _, message = event
+        if message["worker"] in self.refused:
+            return
         self.refused[message["worker"]] = message["problems"]
         print(f"Refused worker {message['worker']}: {'; '.join(message['problems'])}. Install the course's "
               f"environment on it (README, Grading on a cluster).", file=sys.stderr, flush=True)
+
+    def batch_size_for(self, count):
+        """At most --batch-size students per task, fewer when that would leave some of the workers idle."""
+        threads = sum(self.client.nthreads().values())
+        return max(1, min(self.batch_size, math.ceil(count / max(threads, 1))))
 
     def submit(self, batch):
         future = self.client.submit(grade_batch_on_worker, batch, pure=False, retries=1)
@@ -172,11 +182,11 @@ class DaskExecutor:
 
     def map_batches(self, jobs):
         """Yield a result for every job, each (assignment, student) once, as its batch comes back."""
-        pending = dict(self.submit(batch) for batch in batches(jobs, self.batch_size))
+        pending = dict(self.submit(batch) for batch in batches(jobs, self.batch_size_for(len(jobs))))
         delivered = set()
         while pending:
             try:
-                done, _ = wait(list(pending), timeout=60, return_when="FIRST_COMPLETED")
+                done, _ = wait(list(pending), timeout=WAIT_SECONDS, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 self.check_workers_left()
                 continue
@@ -201,6 +211,8 @@ class DaskExecutor:
 
     def check_workers_left(self):
         """Stop with a clear message when every worker was refused (the run would wait forever)."""
+        for event in self.client.get_events(ENVIRONMENT_TOPIC):  # also those sent before the subscription
+            self.refuse(event)
         if self.refused and not self.client.scheduler_info(n_workers=-1)["workers"]:
             raise SystemExit("No Dask worker can grade this course: every worker that joined was refused "
                              "(see the messages above). Install the course's environment on the workers.")
