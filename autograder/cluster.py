@@ -2,7 +2,7 @@
 machines and writes the gradebook alone, from the results that come back.
 
     python -m autograder.grade --scheduler tcp://grader0:8786             # an existing Dask scheduler
-    python -m autograder.grade --cluster slurm --cluster-config cluster.yml  # or ssh, kubernetes
+    python -m autograder.grade --cluster slurm --cluster-config cluster.yml  # or ssh, kubernetes, local
 
 The unit of work is autograder.unit.grade_batch: plain data in (each student's submission with the assignment's
 source and release), plain data out, so a worker needs no file of the coordinator's machine, only the course's
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 # --cluster KIND: the class that starts that kind of cluster, and the package that has it
 CLUSTERS = {
+    "local": ("distributed", "LocalCluster", "distributed"),  # worker processes on this machine
     "slurm": ("dask_jobqueue", "SLURMCluster", "dask-jobqueue"),
     "ssh": ("distributed", "SSHCluster", "asyncssh"),
     "kubernetes": ("dask_kubernetes.operator", "KubeCluster", "dask-kubernetes"),
