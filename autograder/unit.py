@@ -298,7 +298,7 @@ def autograde(job, workdir):
     log += "".join(f"\n{line}" for line in [*events, *flags, *notes])
     if flags:
         return new_result(job, "flagged", "; ".join(flags + notes), scores=scores, autograded=autograded, log=log)
-    return new_result(job, "ok", "; ".join(events + notes), scores=scores, autograded=autograded, log=log)
+    return new_result(job, "ok", "; ".join(notes), scores=scores, autograded=autograded, log=log)
 
 
 def grade_in_worker(job, workdir):
@@ -366,7 +366,8 @@ class Worker:
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
 
     def stop(self):
-        """Kill the worker, its process group and every process below it (kernels run in their own session)."""
+        """Kill the worker and, after a grace period for their own clean-up (the sandbox's supervisor removes its
+        cgroups when the worker is gone), every process that was below it (kernels run in their own session)."""
         if self.process is None:
             return
         import psutil
@@ -375,17 +376,18 @@ class Worker:
             below = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             below = []
-        for process in below:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
         self.process = None
+        _, alive = psutil.wait_procs(below, timeout=5)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def close(self):
         if self.process is not None:
