@@ -126,7 +126,7 @@ def _dgm_canary_probe(nonce, index):
     watch("torch", torch, [
         "allclose", "equal", "isclose", "all", "any", "abs", "eq", "ne", "lt", "le", "gt", "ge", "isfinite",
         "isnan", "isinf", "is_tensor", "tensor", "as_tensor", "zeros", "ones", "full", "randn", "rand", "randint",
-        "manual_seed", "max", "min", "sum", "mean", "exp", "log", "sqrt", "cat", "stack", "no_grad",
+        "max", "min", "sum", "mean", "exp", "log", "sqrt", "cat", "stack", "no_grad",
         "is_grad_enabled", "Tensor", "Size", "nn", "testing", "autograd"])
     watch("torch.Tensor", torch.Tensor, [
         "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__float__", "__int__",
@@ -461,7 +461,8 @@ FORBIDDEN_MODULES = {
     "subprocess", "socket", "mmap", "weakref", "types", "site", "sysconfig", "nbformat", "nbclient", "nbgrader",
 }
 # Functions that run or import code given as data, or change attributes by name.
-DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__", "globals", "vars", "locals", "breakpoint"}
+# (globals() is not among them: the notebook's own namespace is the student's anyway.)
+DYNAMIC_BUILTINS = {"exec", "eval", "compile", "__import__", "breakpoint"}
 # Attributes of `sys` that hook or replace interpreter machinery.
 SYS_HOOKS = {
     "settrace", "setprofile", "gettrace", "getprofile", "excepthook", "displayhook", "modules", "meta_path",
@@ -553,8 +554,8 @@ class TamperScan(ast.NodeVisitor):
         name = dotted(node.func)
         if harmless_magic(node):
             self.harmless.add(id(node.func.value.func))
-        elif name in DYNAMIC_BUILTINS:
-            self.flag(node, f"calls {name}(), which runs or reaches code given as data")
+        elif name == "vars" and node.args:
+            self.flag(node, "calls vars() on an object (its attributes can then be replaced by name)")
         elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not (
                 node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls")):
             self.flag(node, f"calls {name}() on something other than self (it can replace functions the tests use)")
