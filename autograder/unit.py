@@ -101,10 +101,12 @@ def read_submission(job):
         raise Refused(f"{name} is {len(data) / 2**20:.0f} MiB, over the {SUBMISSION_SIZE_LIMIT // 2**20} MiB "
                       f"limit; ask the student to clear the outputs and resubmit")
     try:
+        json.loads(data)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise Refused(f"{name} is not valid JSON ({str(error)[:200]}); ask the student to resubmit the notebook "
+                      f"file saved by Jupyter") from None
+    try:
         notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Refused(f"{name} is not valid JSON ({error}); ask the student to resubmit the notebook file "
-                      f"saved by Jupyter") from None
     except Exception as error:
         raise Refused(f"{name} is not a notebook ({type(error).__name__}: {str(error)[:200]}); "
                       f"ask the student to resubmit it") from None
