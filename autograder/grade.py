@@ -98,6 +98,10 @@ def collect(course, notebook, limits, sandbox):
             failures.append(refused(notebook, student, f"student id {student!r} is not a plain id (letters, "
                                                         f"digits, _ . -); rename its folder in submitted/"))
             continue
+        if folder.is_symlink() or folder.parent.is_symlink():
+            failures.append(refused(notebook, student, f"submitted/{student}/{notebook} is a symbolic link, not a "
+                                                        f"folder; copy the student's files in instead"))
+            continue
         try:
             submission, notes = submitted_notebook(folder, notebook)
         except unit.Refused as refusal:
