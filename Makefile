@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 COURSE := build/course
+EXAMPLES := build/examples
 BOOK_HTML := build/book/_build/html
 
 # Data: ../shared/data where it exists (CI and development); otherwise the notebooks' default, ./data.
@@ -34,8 +35,8 @@ book: release
 course: grade book
 	@echo
 	@echo "Student release:    assignment/ (give students this folder)"
-	@echo "Grades:             $(COURSE)/grades.csv"
-	@echo "Feedback:           $(COURSE)/feedback/<student>/<notebook>/<notebook>.html"
+	@echo "Example grades:     $(EXAMPLES)/grades.csv, report $(EXAMPLES)/grading_report.csv"
+	@echo "Example feedback:   $(EXAMPLES)/feedback/<student>/<notebook>/<notebook>.html"
 	@echo "Book:               $(BOOK_HTML)/index.html"
 
 test: $(VENV)/installed

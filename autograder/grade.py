@@ -99,6 +99,10 @@ def collect(course, notebook, limits, sandbox):
             failures.append(refused(notebook, student, f"student id {student!r} is not a plain id (letters, "
                                                         f"digits, _ . -); rename its folder in submitted/"))
             continue
+        if folder.is_symlink() or folder.parent.is_symlink():
+            failures.append(refused(notebook, student, f"submitted/{student}/{notebook} is a symbolic link, not a "
+                                                        f"folder; copy the student's files in instead"))
+            continue
         try:
             submission, notes = submitted_notebook(folder, notebook)
         except unit.Refused as refusal:
@@ -277,15 +281,19 @@ class Pool:
             worker.close()
 
 
-def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_seconds, executor=None):
-    """Grade what is new in the course on `executor` (default: `pool`, which also makes the feedback); return the
-    report rows of this batch, each with 'done': graded/skipped."""
+def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_seconds, students=None,
+                 executor=None):
+    """Grade what is new in the course (of `students`, or everyone) on `executor` (default: `pool`, which also
+    makes the feedback); return the report rows of this batch, each with 'done': graded or skipped."""
     report = read_report(course)
     rows = []
     for notebook in notebook_names:
         source = notebooks.read(course / "source" / notebook / f"{notebook}.ipynb")
         maximum = sum(cell.metadata.nbgrader.points for cell in unit.test_cells(source).values())
         jobs, failures = collect(course, notebook, limits, sandbox)
+        if students:
+            jobs = [job for job in jobs if job["student"] in students]
+            failures = [result for result in failures if result["student"] in students]
         fresh = [job for job in jobs if force or not unchanged(report.get((job["student"], notebook)), job)]
         skipped = [report[(job["student"], notebook)] for job in jobs if all(job is not new for new in fresh)]
         print(f"Autograding {notebook}: {len(fresh)} submissions, {len(skipped)} unchanged since their last "
@@ -339,12 +347,12 @@ def check_sandbox(unsafe):
 # ---------------------------------------------------------------------------------------------------------------
 # The example students and the summary
 
-def prepare_examples_course(course, notebook):
-    """Copy the assignment from the real course folder (built by `make release`) into the examples course when it
-    changed, and write the example students' submissions; return the examples."""
-    source, release = COURSE / "source" / notebook, COURSE / "release" / notebook
+def prepare_examples_course(course, notebook, released_in):
+    """Copy the assignment from the course folder `released_in` (built by `make release`) into the examples
+    course when it changed, and write the example students' submissions; return the examples."""
+    source, release = released_in / "source" / notebook, released_in / "release" / notebook
     if not release.is_dir():
-        raise SystemExit(f"No {notebook} in {COURSE}/release: run `make release` first.")
+        raise SystemExit(f"No {notebook} in {released_in}/release: run `make release` first.")
     if read_files(source)[0] != read_files(course / "source" / notebook)[0]:
         shutil.rmtree(course / "source" / notebook, ignore_errors=True)
         shutil.copytree(source, course / "source" / notebook)
@@ -401,6 +409,9 @@ def parse_arguments(argv):
                                                     f"--examples {EXAMPLES_COURSE})")
     parser.add_argument("--examples", action="store_true",
                         help="grade the example students of autograder/examples/ and check their scores")
+    parser.add_argument("--released-in", type=Path, default=COURSE,
+                        help=f"with --examples: the course folder of `make release` (default {COURSE})")
+    parser.add_argument("--student", action="append", help="grade only this student (repeat for more)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(),
                         help="students graded at the same time (default: one per CPU core, %(default)s)")
     parser.add_argument("--force", action="store_true", help="grade again what was graded before, unchanged")
@@ -423,21 +434,22 @@ def main(argv=None):
     args = parse_arguments(argv)
     course = (args.course or (EXAMPLES_COURSE if args.examples else COURSE)).resolve()
     check_sandbox(args.unsafe_no_sandbox)
-    names = args.notebooks or released_notebooks(COURSE if args.examples else course)
+    names = args.notebooks or released_notebooks(args.released_in if args.examples else course)
     limits = {"memory_bytes": int(args.memory_gib * 2**30), "cell_seconds": args.cell_seconds,
               "notebook_seconds": args.notebook_seconds}
     course.mkdir(parents=True, exist_ok=True)
     check_gradebook(course)
     expected = {}
     for notebook in names if args.examples else []:
-        expected |= {(example.student, notebook): example for example in prepare_examples_course(course, notebook)}
+        expected |= {(example.student, notebook): example
+                     for example in prepare_examples_course(course, notebook, args.released_in.resolve())}
     back_up_gradebook(course)
 
     started, pool = time.perf_counter(), Pool(args.jobs)
     executor = cluster.executor_from(args, sandbox=not args.unsafe_no_sandbox)
     try:
         rows = grade_course(course, names, pool, limits, not args.unsafe_no_sandbox, args.force,
-                            args.feedback_seconds, executor)
+                            args.feedback_seconds, args.student, executor)
     finally:
         pool.close()
         if executor is not None:

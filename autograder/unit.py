@@ -101,10 +101,12 @@ def read_submission(job):
         raise Refused(f"{name} is {len(data) / 2**20:.0f} MiB, over the {SUBMISSION_SIZE_LIMIT // 2**20} MiB "
                       f"limit; ask the student to clear the outputs and resubmit")
     try:
+        json.loads(data)
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise Refused(f"{name} is not valid JSON ({str(error)[:200]}); ask the student to resubmit the notebook "
+                      f"file saved by Jupyter") from None
+    try:
         notebook = nbformat.reads(data.decode("utf-8"), as_version=4)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Refused(f"{name} is not valid JSON ({error}); ask the student to resubmit the notebook file "
-                      f"saved by Jupyter") from None
     except Exception as error:
         raise Refused(f"{name} is not a notebook ({type(error).__name__}: {str(error)[:200]}); "
                       f"ask the student to resubmit it") from None
@@ -298,7 +300,7 @@ def autograde(job, workdir):
     log += "".join(f"\n{line}" for line in [*events, *flags, *notes])
     if flags:
         return new_result(job, "flagged", "; ".join(flags + notes), scores=scores, autograded=autograded, log=log)
-    return new_result(job, "ok", "; ".join(events + notes), scores=scores, autograded=autograded, log=log)
+    return new_result(job, "ok", "; ".join(notes), scores=scores, autograded=autograded, log=log)
 
 
 def grade_in_worker(job, workdir):
@@ -366,7 +368,8 @@ class Worker:
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
 
     def stop(self):
-        """Kill the worker, its process group and every process below it (kernels run in their own session)."""
+        """Kill the worker and, after a grace period for their own clean-up (the sandbox's supervisor removes its
+        cgroups when the worker is gone), every process that was below it (kernels run in their own session)."""
         if self.process is None:
             return
         import psutil
@@ -375,17 +378,18 @@ class Worker:
             below = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             below = []
-        for process in below:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
         self.process = None
+        _, alive = psutil.wait_procs(below, timeout=5)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
 
     def close(self):
         if self.process is not None:
