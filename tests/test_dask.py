@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -83,8 +84,9 @@ class LoopbackCluster:
             time.sleep(0.2)
         self.address = json.loads(scheduler_file.read_text())["address"]
         for index in range(workers):
-            scratch = folder / f"worker{index}-tmp"  # the unit's working folders: where each worker is at
-            scratch.mkdir()
+            # each worker's TMPDIR, where the unit's working folders show which student it grades; short, as the
+            # kernel's sockets below it must have paths under 108 bytes
+            scratch = Path(tempfile.mkdtemp(prefix="dgm-worker"))
             self.workers.append((scratch, start(
                 ["worker", self.address, "--host", "127.0.0.1", "--nworkers", "1", "--nthreads", "1",
                  "--no-dashboard", "--name", f"worker{index}"], folder / f"worker{index}.log", TMPDIR=str(scratch))))
@@ -92,8 +94,9 @@ class LoopbackCluster:
             client.wait_for_workers(workers, timeout=180)
 
     def close(self):
-        for _, process in self.workers:
+        for scratch, process in self.workers:
             kill_tree(process)
+            shutil.rmtree(scratch, ignore_errors=True)
         kill_tree(self.scheduler)
 
     def log(self):
