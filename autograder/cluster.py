@@ -53,12 +53,10 @@ CLUSTERS = {
 # The course's environment, which every worker must share with the coordinator
 
 def grader_hash():
-    """sha256 of the grader's code, autograder/ without the example submissions (what a worker executes)."""
+    """sha256 of the grader's code, the modules of autograder/ (what a worker executes)."""
     digest = hashlib.sha256()
-    for path in sorted(AUTOGRADER.rglob("*")):
-        relative = path.relative_to(AUTOGRADER)
-        if path.is_file() and relative.parts[0] != "examples" and "__pycache__" not in relative.parts:
-            digest.update(f"{relative.as_posix()}\0".encode() + path.read_bytes())
+    for path in sorted(AUTOGRADER.glob("*.py")):
+        digest.update(f"{path.name}\0".encode() + path.read_bytes())
     return digest.hexdigest()
 
 
