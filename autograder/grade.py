@@ -16,6 +16,7 @@ formgrader. Then feedback per student, under its own time limit, and the summary
 import argparse
 import csv
 import io
+import itertools
 import os
 import re
 import shutil
@@ -295,7 +296,7 @@ def grade_course(course, notebook_names, pool, limits, sandbox, force, feedback_
         rows += [{**row, "done": "skipped"} for row in skipped]
         notes = {job["student"]: job.pop("notes") for job in jobs}
         graded = [pool.submit("grade", job) for job in fresh]
-        for result in failures + [future.result() for future in as_completed(graded)]:
+        for result in itertools.chain(failures, (future.result() for future in as_completed(graded))):
             student = result["student"]
             result = record(course, result, source, submission_timestamp(course, student, notebook),
                             notes.get(student, []))

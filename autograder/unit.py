@@ -167,8 +167,28 @@ def nbgrader_config(course, limits, options, progress):
     config.CourseDirectory.root = str(course)
     config.Execute.timeout = limits.cell_seconds
     config.TruncateLongOutputs.max_characters = limits.output_characters
-    config.Execute.on_cell_start = lambda cell, cell_index: progress.write_text(cell.get("id", ""))
+    config.Execute.on_cell_start = lambda cell, cell_index: log_progress(progress, "start", cell)
+    config.Execute.on_cell_complete = lambda cell, cell_index: log_progress(progress, "end", cell)
     return config
+
+
+def log_progress(path, event, cell):
+    with path.open("a") as file:
+        file.write(f"{event}\t{cell.get('id', '')}\t{time.monotonic()}\n")
+
+
+def stuck_cell(path, cell_seconds):
+    """The id of the cell a notebook got stuck in: the first that ran past the cell time limit (later cells may
+    have queued behind a kernel that ignores interrupts), else the last one started; '' when none."""
+    if not path.exists():
+        return ""
+    started, last = {}, ""
+    for event, cell_id, when in (line.split("\t") for line in path.read_text().splitlines()):
+        if event == "start":
+            started[cell_id], last = float(when), cell_id
+        elif float(when) - started.get(cell_id, float(when)) >= cell_seconds:
+            return cell_id
+    return last
 
 
 _gradebooks = {}  # release hash -> bytes of a gradebook holding the assignment, built once per worker process
@@ -203,7 +223,10 @@ def scores_from(course, assignment, student):
 
 
 def cell_name(notebook, cell_id):
-    """'cell 12 (kld)' for the submitted notebook's cell with that id; grader checks are not student cells."""
+    """'cell 12 (kld)' for the submitted notebook's cell with that id ('' for none); grader checks are not
+    student cells."""
+    if not cell_id:
+        return ""
     for index, cell in enumerate(notebook.cells):
         if cell.get("id") == cell_id:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -219,14 +242,16 @@ def timed_out_cells(executed, submitted):
 def failure_reason(error, events, running):
     """Why nbgrader could not autograde the notebook, from the sandbox's events and nbgrader's error."""
     where = f" in {running}" if running else ""
-    if events:
-        return "; ".join(events) + where
     if "DeadKernelError" in error or "Kernel died" in error:
-        return f"kernel died{where}"
-    if "CellTimeoutError" in error or "TimeoutError" in error:
-        return f"timed out{where}"
-    last = [line for line in error.strip().splitlines() if line.strip()]
-    return f"nbgrader could not autograde it{where}: {last[-1][:300] if last else 'no error message'}"
+        cause = "kernel died"
+    elif "Timeout waiting for IOPub output" in error:
+        cause = "the kernel's output did not arrive in time (is the machine overloaded?)"
+    elif "CellTimeoutError" in error or "TimeoutError" in error:
+        cause = "timed out"
+    else:
+        last = [line for line in error.strip().splitlines() if line.strip()]
+        cause = f"nbgrader could not autograde it: {last[-1][:300] if last else 'no error message'}"
+    return "; ".join([*events, cause + where])
 
 
 def sandbox_launch(job, limits, workdir):
@@ -287,7 +312,7 @@ def autograde(job, workdir):
     log = outcome.get("log", "") + outcome.get("error", "")
     events = kernel_events(job, workdir)
     if not outcome["success"]:
-        running = cell_name(submitted, progress.read_text()) if progress.exists() else ""
+        running = cell_name(submitted, stuck_cell(progress, limits.cell_seconds))
         return new_result(job, reason=failure_reason(outcome.get("error", ""), events, running), log=log)
 
     executed = nbformat.read(course / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
@@ -455,9 +480,9 @@ class Worker:
 
     def lost(self, job, workdir, limits):
         """The failed result of a job whose worker died or ran past the notebook's time limit."""
-        progress = workdir / "progress"
+        stuck = stuck_cell(workdir / "progress", limits.cell_seconds)
         try:
-            running = cell_name(read_submission(job), progress.read_text()) if progress.exists() else ""
+            running = cell_name(read_submission(job), stuck)
         except Refused:
             running = ""
         where = f" in {running}" if running else ""
