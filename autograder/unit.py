@@ -38,6 +38,7 @@ from pathlib import Path
 AUTOGRADER = Path(__file__).resolve().parent
 ROOT = AUTOGRADER.parent
 SUBMISSION_SIZE_LIMIT = 50 * 2**20  # bytes of one submitted notebook
+WORKER_START_SECONDS = 600  # for a worker process to import nbgrader, on a machine however loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +358,12 @@ TASKS = {"grade": grade_in_worker, "feedback": generate_feedback}
 
 
 def serve(requests, replies):
-    """The worker process: read (task, arguments) frames, answer with the task's value, until the pipe closes."""
+    """The worker process: import what grading needs, say so, then read (task, arguments) frames and answer with
+    the task's value until the pipe closes."""
+    import nbgrader.apps  # noqa: F401, the start-up that the time limits of the jobs must not count
+
+    from . import tamper  # noqa: F401
+    write_frame(replies, "ready")
     while (request := read_frame(requests)) is not None:
         task, arguments = request
         write_frame(replies, TASKS[task](*arguments))
@@ -391,6 +397,9 @@ class Worker:
             [sys.executable, "-m", "autograder.unit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.errors, start_new_session=True, cwd=tempfile.gettempdir(),
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        if self.read_reply(time.perf_counter() + WORKER_START_SECONDS) != ["ready"]:
+            self.stop()
+            raise RuntimeError(f"the grading worker did not start within {WORKER_START_SECONDS} s")
 
     def stop(self):
         """Kill the worker and, after a grace period for their own clean-up (the sandbox's supervisor removes its
@@ -441,7 +450,10 @@ class Worker:
         workdir = Path(tempfile.mkdtemp(prefix=f"dgm-grade-{job['student']}-"))
         started = time.perf_counter()
         try:
-            answered, result = self.call("grade", (job, workdir), limits.notebook_seconds)
+            try:
+                answered, result = self.call("grade", (job, workdir), limits.notebook_seconds)
+            except RuntimeError as error:  # the worker did not start
+                answered, result = True, new_result(job, reason=f"grader error: {error}", log=str(error))
             if not answered:
                 result = self.lost(job, workdir, limits)
                 self.stop()
@@ -452,7 +464,10 @@ class Worker:
 
     def feedback(self, course, assignment, student, seconds):
         """nbgrader's feedback for one student; a problem to report, or ''."""
-        answered, error = self.call("feedback", (str(course), assignment, student), seconds)
+        try:
+            answered, error = self.call("feedback", (str(course), assignment, student), seconds)
+        except RuntimeError as problem:  # the worker did not start
+            return f"no feedback: {problem}"
         if not answered:
             self.stop()
             return f"no feedback: generating it ran past {seconds} s"
