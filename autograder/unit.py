@@ -38,6 +38,7 @@ from pathlib import Path
 AUTOGRADER = Path(__file__).resolve().parent
 ROOT = AUTOGRADER.parent
 SUBMISSION_SIZE_LIMIT = 50 * 2**20  # bytes of one submitted notebook
+WORKER_START_SECONDS = 600  # for a worker process to import nbgrader, on a machine however loaded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,8 +168,28 @@ def nbgrader_config(course, limits, options, progress):
     config.CourseDirectory.root = str(course)
     config.Execute.timeout = limits.cell_seconds
     config.TruncateLongOutputs.max_characters = limits.output_characters
-    config.Execute.on_cell_start = lambda cell, cell_index: progress.write_text(cell.get("id", ""))
+    config.Execute.on_cell_start = lambda cell, cell_index: log_progress(progress, "start", cell)
+    config.Execute.on_cell_complete = lambda cell, cell_index: log_progress(progress, "end", cell)
     return config
+
+
+def log_progress(path, event, cell):
+    with path.open("a") as file:
+        file.write(f"{event}\t{cell.get('id', '')}\t{time.monotonic()}\n")
+
+
+def stuck_cell(path, cell_seconds):
+    """The id of the cell a notebook got stuck in: the first that ran past the cell time limit (later cells may
+    have queued behind a kernel that ignores interrupts), else the last one started; '' when none."""
+    if not path.exists():
+        return ""
+    started, last = {}, ""
+    for event, cell_id, when in (line.split("\t") for line in path.read_text().splitlines()):
+        if event == "start":
+            started[cell_id], last = float(when), cell_id
+        elif float(when) - started.get(cell_id, float(when)) >= cell_seconds:
+            return cell_id
+    return last
 
 
 _gradebooks = {}  # release hash -> bytes of a gradebook holding the assignment, built once per worker process
@@ -203,7 +224,10 @@ def scores_from(course, assignment, student):
 
 
 def cell_name(notebook, cell_id):
-    """'cell 12 (kld)' for the submitted notebook's cell with that id; grader checks are not student cells."""
+    """'cell 12 (kld)' for the submitted notebook's cell with that id ('' for none); grader checks are not
+    student cells."""
+    if not cell_id:
+        return ""
     for index, cell in enumerate(notebook.cells):
         if cell.get("id") == cell_id:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
@@ -219,14 +243,16 @@ def timed_out_cells(executed, submitted):
 def failure_reason(error, events, running):
     """Why nbgrader could not autograde the notebook, from the sandbox's events and nbgrader's error."""
     where = f" in {running}" if running else ""
-    if events:
-        return "; ".join(events) + where
     if "DeadKernelError" in error or "Kernel died" in error:
-        return f"kernel died{where}"
-    if "CellTimeoutError" in error or "TimeoutError" in error:
-        return f"timed out{where}"
-    last = [line for line in error.strip().splitlines() if line.strip()]
-    return f"nbgrader could not autograde it{where}: {last[-1][:300] if last else 'no error message'}"
+        cause = "kernel died"
+    elif "Timeout waiting for IOPub output" in error:
+        cause = "the kernel's output did not arrive in time (is the machine overloaded?)"
+    elif "CellTimeoutError" in error or "TimeoutError" in error:
+        cause = "timed out"
+    else:
+        last = [line for line in error.strip().splitlines() if line.strip()]
+        cause = f"nbgrader could not autograde it: {last[-1][:300] if last else 'no error message'}"
+    return "; ".join([*events, cause + where])
 
 
 def sandbox_launch(job, limits, workdir):
@@ -287,7 +313,7 @@ def autograde(job, workdir):
     log = outcome.get("log", "") + outcome.get("error", "")
     events = kernel_events(job, workdir)
     if not outcome["success"]:
-        running = cell_name(submitted, progress.read_text()) if progress.exists() else ""
+        running = cell_name(submitted, stuck_cell(progress, limits.cell_seconds))
         return new_result(job, reason=failure_reason(outcome.get("error", ""), events, running), log=log)
 
     executed = nbformat.read(course / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
@@ -332,7 +358,12 @@ TASKS = {"grade": grade_in_worker, "feedback": generate_feedback}
 
 
 def serve(requests, replies):
-    """The worker process: read (task, arguments) frames, answer with the task's value, until the pipe closes."""
+    """The worker process: import what grading needs, say so, then read (task, arguments) frames and answer with
+    the task's value until the pipe closes."""
+    import nbgrader.apps  # noqa: F401, the start-up that the time limits of the jobs must not count
+
+    from . import tamper  # noqa: F401
+    write_frame(replies, "ready")
     while (request := read_frame(requests)) is not None:
         task, arguments = request
         write_frame(replies, TASKS[task](*arguments))
@@ -366,6 +397,9 @@ class Worker:
             [sys.executable, "-m", "autograder.unit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.errors, start_new_session=True, cwd=tempfile.gettempdir(),
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+        if self.read_reply(time.perf_counter() + WORKER_START_SECONDS) != ["ready"]:
+            self.stop()
+            raise RuntimeError(f"the grading worker did not start within {WORKER_START_SECONDS} s")
 
     def stop(self):
         """Kill the worker and, after a grace period for their own clean-up (the sandbox's supervisor removes its
@@ -416,7 +450,10 @@ class Worker:
         workdir = Path(tempfile.mkdtemp(prefix=f"dgm-grade-{job['student']}-"))
         started = time.perf_counter()
         try:
-            answered, result = self.call("grade", (job, workdir), limits.notebook_seconds)
+            try:
+                answered, result = self.call("grade", (job, workdir), limits.notebook_seconds)
+            except RuntimeError as error:  # the worker did not start
+                answered, result = True, new_result(job, reason=f"grader error: {error}", log=str(error))
             if not answered:
                 result = self.lost(job, workdir, limits)
                 self.stop()
@@ -427,7 +464,10 @@ class Worker:
 
     def feedback(self, course, assignment, student, seconds):
         """nbgrader's feedback for one student; a problem to report, or ''."""
-        answered, error = self.call("feedback", (str(course), assignment, student), seconds)
+        try:
+            answered, error = self.call("feedback", (str(course), assignment, student), seconds)
+        except RuntimeError as problem:  # the worker did not start
+            return f"no feedback: {problem}"
         if not answered:
             self.stop()
             return f"no feedback: generating it ran past {seconds} s"
@@ -455,9 +495,9 @@ class Worker:
 
     def lost(self, job, workdir, limits):
         """The failed result of a job whose worker died or ran past the notebook's time limit."""
-        progress = workdir / "progress"
+        stuck = stuck_cell(workdir / "progress", limits.cell_seconds)
         try:
-            running = cell_name(read_submission(job), progress.read_text()) if progress.exists() else ""
+            running = cell_name(read_submission(job), stuck)
         except Refused:
             running = ""
         where = f" in {running}" if running else ""

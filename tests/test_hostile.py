@@ -22,8 +22,8 @@ from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"
 CORPUS = Path(__file__).parent / "hostile" / f"{NOTEBOOK}.yml"
-LIMITS = ["--jobs", "2", "--memory-gib", "1", "--cell-seconds", "10", "--notebook-seconds", "90",
-          "--feedback-seconds", "20"]
+LIMITS = ["--jobs", "2", "--memory-gib", "1", "--cell-seconds", "20", "--notebook-seconds", "150",
+          "--feedback-seconds", "40"]
 CONTROLS = {"zz_control_reference": "reference", "zz_control_kld_mean": "kld_mean"}  # graded last
 NESTED_MARKDOWN = "[" * 20000 + "x" + "]" * 20000
 MARKER = "dgm-hostile"  # in the command line of processes that must not outlive grading
