@@ -153,7 +153,7 @@ def main(argv=None):
 def throughput(args):
     """Notebooks per minute of grade.py on a synthetic course, with the local pool and with a loopback Dask cluster."""
     local_cluster = (f"local: {{n_workers: {args.jobs}, threads_per_worker: 1, host: 127.0.0.1, "
-                     f"dashboard_address: null}}\n")
+                     f"dashboard_address: '127.0.0.1:0'}}\n")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as scratch:
         folder = Path(scratch)
