@@ -135,18 +135,17 @@ def kernel_events(state_dir):
 
 def describe(record):
     """What a person should know about one kernel's end (nothing when it ended normally)."""
-    limits = record["limits"]
-    if record["oom_kills"]:
-        return [f"killed for memory at {size(limits['memory_bytes'])}"]
-    code = record["exit_code"]
+    limits, code = record["limits"], record["exit_code"]
     events = []
     if record["process_limit_hits"]:
         events.append(f"reached the limit of {limits['processes']} processes")
-    if code == 128 + signal.SIGXCPU:
+    if record["oom_kills"]:
+        events.append(f"killed for memory at {size(limits['memory_bytes'])}")
+    elif code == 128 + signal.SIGXCPU:
         events.append(f"stopped after {limits['cpu_seconds']} s of CPU time")
     elif record["stopped_by_grader"]:
         events.append("kernel did not shut down when asked and was killed")
-    elif code > 128:
+    elif code - 128 in signal.valid_signals():
         events.append(f"kernel died (killed by {signal.Signals(code - 128).name})")
     elif code:
         events.append(f"kernel died (exit code {code})")
@@ -185,6 +184,11 @@ class Cgroups:
                 remove_cgroup(folder)
                 continue
             self.folders[controller] = folder
+
+    @staticmethod
+    def usable(controller):
+        """Whether kernels get a cgroup for `controller` ("memory", "pids") on this host."""
+        return own_cgroup(controller) is not None
 
     def enter(self):
         """Move the calling process (the sandbox about to start) into every cgroup."""
@@ -315,7 +319,7 @@ def kernel_environment(home):
     """The variables the kernel gets: an allow-list of the grader's (no JPY_PARENT_PID: ipykernel would exit)."""
     passed = {name: value for name, value in os.environ.items()
               if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
-    return {**passed, "HOME": home, "TMPDIR": "/tmp"}
+    return {**passed, "HOME": home, "TMPDIR": "/tmp", "IPYTHONDIR": "/tmp/ipython"}
 
 
 def set_resource_limits(limits, cgroups):
