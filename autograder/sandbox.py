@@ -358,9 +358,20 @@ def supervise(settings, kernel, grader_alive):
                   "enforced_by_cgroup": sorted(cgroups.folders)}
         with open(Path(settings["state_dir"]) / EVENTS_FILE, "a") as events:
             events.write(json.dumps(record) + "\n")
+        if not stopped_by_grader:  # else nbgrader may already be starting the next kernel there
+            empty_folder(Path(settings["runtime"]))  # whatever the kernel left in its one writable host folder
         return record["exit_code"]
     finally:
         cgroups.remove()
+
+
+def empty_folder(folder):
+    """Remove everything in a folder, following no link."""
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def wait_for_either(sandbox, grader_alive):

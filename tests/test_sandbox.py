@@ -151,7 +151,7 @@ def test_processes_memory_and_detached_children_are_limited(tmp_path):
             "except OSError as error:\n"
             "    print(type(error).__name__)")
         assert printed == "BlockingIOError\n"
-        assert len(processes_with(marker)) == 20
+        assert eventually(lambda: len(processes_with(marker)) == 20)
         if sandbox.Cgroups.usable("memory"):
             assert kernel.run_until_it_dies("hog = b'x' * 2 * 10**9")
         else:  # RLIMIT_AS refuses the allocation instead
@@ -175,15 +175,42 @@ def processes_with(argument):
     return found
 
 
+def eventually(condition, timeout=10):
+    """Whether condition() becomes true within `timeout` s (a process just started may not show yet)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
 def kernel_records(kernel):
     return [json.loads(line) for line in (kernel.state / sandbox.EVENTS_FILE).read_text().splitlines()]
 
 
-def test_an_ordinary_kernel_leaves_no_event(tmp_path):
+def test_a_kernel_leaves_nothing_behind(tmp_path):
+    """After an ordinary shutdown: no process it started, nothing in its one writable host folder, no event."""
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
     kernel = Kernel(tmp_path)
-    kernel.run("x = 1")
+    runtime = kernel.state / "runtime"
+    kernel.run("import subprocess\n"
+               f"children = [subprocess.Popen(['sleep', '{marker}'], start_new_session=True) for _ in range(20)]\n"
+               f"open({str(runtime / 'left.txt')!r}, 'w')")
+    assert eventually(lambda: len(processes_with(marker)) == 20) and (runtime / "left.txt").exists()
     kernel.shutdown()
+    assert processes_with(marker) == [] and list(runtime.iterdir()) == []
     assert kernel.events() == [] and len(kernel_records(kernel)) == 1
+
+
+def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path):
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
+    kernel = Kernel(tmp_path)
+    kernel.run(f"import subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)")
+    kernel.client.execute("while True:\n    pass")
+    kernel.manager.shutdown_wait_time = 1
+    kernel.shutdown()
+    # the supervisor cleans up just after nbgrader's SIGKILL to the launcher
+    assert eventually(lambda: processes_with(marker) == [] and kernel.events())
+    assert kernel.events() == ["kernel did not shut down when asked and was killed"]
 
 
 def test_check_available_says_what_to_do_without_bwrap(monkeypatch, tmp_path):
