@@ -165,13 +165,13 @@ def size(count):
 class Cgroups:
     """The kernel's own cgroup in each controller the host lets us use (v2 preferred, else v1), or none.
 
-    Each is created inside the launcher's own cgroup, so any limit the host already applies still holds."""
+    Each is created inside the launcher's own cgroup where possible, so any limit the host applies still holds."""
 
     def __init__(self, limits):
         self.folders = {}  # controller ("memory", "pids") -> this kernel's cgroup folder
         name = f"{KERNEL_NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for controller, settings in (("memory", memory_settings(limits)), ("pids", {"pids.max": limits.processes})):
-            parent = own_cgroup(controller)
+            parent = cgroup_parent(controller)
             if parent is None:
                 continue
             folder = parent / name
@@ -188,7 +188,7 @@ class Cgroups:
     @staticmethod
     def usable(controller):
         """Whether kernels get a cgroup for `controller` ("memory", "pids") on this host."""
-        return own_cgroup(controller) is not None
+        return cgroup_parent(controller) is not None
 
     def enter(self):
         """Move the calling process (the sandbox about to start) into every cgroup."""
@@ -222,26 +222,28 @@ def memory_settings(limits):
             "memory.limit_in_bytes": limits.memory_bytes, "memory.memsw.limit_in_bytes": limits.memory_bytes}
 
 
-def own_cgroup(controller):
-    """The folder of this process's cgroup that carries `controller`, if we may create cgroups in it."""
+def cgroup_parent(controller):
+    """The cgroup folder in which to create a kernel's cgroup for `controller`, or None where we may not."""
     mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
     for hierarchy, controllers, path in (line.split(":", 2) for line in
                                          Path("/proc/self/cgroup").read_text().splitlines()):
         for _, mount, kind, options, *_ in mounts:
-            if kind == "cgroup" and controllers and controller in controllers.split(",") \
-                    and controller in options.split(","):
-                return Path(mount + path) if os.access(mount + path, os.W_OK) else None
+            if kind == "cgroup" and controller in controllers.split(",") and controller in options.split(","):
+                return Path(mount + path) if os.access(mount + path, os.W_OK) else None  # v1: below ours
             if kind == "cgroup2" and hierarchy == "0" and not controllers:
-                folder = Path(mount + path)
-                if delegate_v2(folder, controller):
-                    return folder
+                # v2 forbids controllers below a cgroup that holds processes, as ours usually does: then the
+                # kernel's cgroup is a sibling of ours.
+                own = Path(mount + path)
+                for folder in (own, own.parent):
+                    if folder.is_relative_to(mount) and delegate_v2(folder, controller):
+                        return folder
     return None
 
 
 def delegate_v2(folder, controller):
     """Whether children of this v2 cgroup folder can get `controller` (enabling it if possible)."""
     try:
-        if controller not in (folder / "cgroup.controllers").read_text().split():
+        if controller not in (folder / "cgroup.controllers").read_text().split() or not os.access(folder, os.W_OK):
             return False
         if controller not in (folder / "cgroup.subtree_control").read_text().split():
             (folder / "cgroup.subtree_control").write_text(f"+{controller}")
