@@ -63,12 +63,17 @@ def sandbox_options():
             "--unshare-cgroup-try", "--disable-userns", "--cap-drop", "ALL", "--new-session", "--die-with-parent"]
 
 
-def check_available():
-    """Raise SandboxUnavailable unless bubblewrap can start a sandbox here."""
+def bwrap_path():
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH, so student code cannot be sandboxed: "
                                  f"{INSTALL_HINT}.")
+    return bwrap
+
+
+def check_available():
+    """Raise SandboxUnavailable unless bubblewrap can start a sandbox here."""
+    bwrap = bwrap_path()
     try:
         trial = subprocess.run([bwrap, *sandbox_options(), "--ro-bind", "/", "/", "--proc", "/proc", "true"],
                                capture_output=True, text=True, timeout=60)
@@ -87,9 +92,7 @@ def nbgrader_launch(limits, state_dir, hidden):
     process starts run sandboxed: hidden paths invisible, only a scratch copy of the kernel's working folder
     writable, no network, own PID namespace, limits applied; state_dir (trusted, outside the sandbox) receives
     what the launcher saw (exit code, signal, killed for memory)."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH: {INSTALL_HINT}.")
+    bwrap = bwrap_path()
     state_dir = Path(state_dir).resolve()
     runtime = state_dir / "runtime"  # connection files and ipc sockets: the one host folder bound writable
     kernelspec = state_dir / "jupyter" / "kernels" / KERNEL_NAME
@@ -163,7 +166,7 @@ def size(count):
 # ---- the launcher: everything below runs in the process the kernelspec starts, outside the sandbox ----
 
 class Cgroups:
-    """The kernel's own cgroup in each controller the host lets us use (v2 preferred, else v1), or none.
+    """The kernel's own cgroup in each controller the host lets us use (v1 or v2, whichever carries it), or none.
 
     Each is created inside the launcher's own cgroup where possible, so any limit the host applies still holds."""
 
