@@ -12,6 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 from jupyter_client.manager import KernelManager
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
+from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
 from autograder import sandbox
@@ -248,7 +251,7 @@ def cell(kind, source, grade_id, **nbgrader):
     return make(source, metadata=metadata)
 
 
-def test_nbgrader_autogrades_in_the_sandbox(tmp_path):
+def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
     course = tmp_path / "course"
     source = nbformat.v4.new_notebook(cells=[
         cell("code", "def answer():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION", "answer",
@@ -257,10 +260,10 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path):
              "test_answer", grade=True, locked=True, points=1)])
     source.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(source, (course / "source" / "toy").mkdir(parents=True) or course / "source" / "toy" / "toy.ipynb")
-    nbgrader = [sys.executable, "-m", "nbgrader"]
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([*nbgrader, "generate_assignment", "toy", f"--CourseDirectory.root={course}"], check=True,
-                   cwd=tmp_path, env=environment, capture_output=True)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # alembic
+    config = Config()
+    config.CourseDirectory.root = str(course)
+    assert NbGraderAPI(config=config).generate_assignment("toy")["success"]
 
     submission = nbformat.read(course / "release" / "toy" / "toy.ipynb", as_version=4)
     submission.cells[0].source = (  # the student's answer, plus a look around
@@ -273,8 +276,8 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path):
                    or course / "submitted" / "alice" / "toy" / "toy.ipynb")
 
     options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT])
-    subprocess.run([*nbgrader, "autograde", "toy", "--student=alice", f"--CourseDirectory.root={course}",
-                    "--Execute.timeout=3", *options], check=True, cwd=tmp_path, env={**environment, **env},
+    subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice", f"--CourseDirectory.root={course}",
+                    "--Execute.timeout=3", *options], check=True, cwd=tmp_path, env={**os.environ, **env},
                    capture_output=True)
 
     graded = nbformat.read(course / "autograded" / "alice" / "toy" / "toy.ipynb", as_version=4)
@@ -283,8 +286,6 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path):
     assert seen == {"cwd": [], "course": ["autograded"], "grading": "autograde"}
     assert [output.ename for output in graded.cells[1].outputs] == ["KeyboardInterrupt", "CellTimeoutError"]
     assert graded.cells[2].outputs == []  # the test passed: the kernel lived on after the interrupt
-    from nbgrader.api import Gradebook
-
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
         assert gradebook.find_submission("toy", "alice").score == 1
     assert sandbox.kernel_events(tmp_path / "state") == []
