@@ -251,6 +251,11 @@ def cell(kind, source, grade_id, **nbgrader):
     return make(source, metadata=metadata)
 
 
+def write_notebook(notebook, path):
+    path.parent.mkdir(parents=True)
+    nbformat.write(notebook, path)
+
+
 def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
     course = tmp_path / "course"
     source = nbformat.v4.new_notebook(cells=[
@@ -259,7 +264,7 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
         cell("code", "assert answer() == 42\n### BEGIN HIDDEN TESTS\nassert answer() != 41\n### END HIDDEN TESTS",
              "test_answer", grade=True, locked=True, points=1)])
     source.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(source, (course / "source" / "toy").mkdir(parents=True) or course / "source" / "toy" / "toy.ipynb")
+    write_notebook(source, course / "source" / "toy" / "toy.ipynb")
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # alembic
     config = Config()
     config.CourseDirectory.root = str(course)
@@ -272,17 +277,16 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
         f"print(json.dumps({{'cwd': sorted(os.listdir('.')), 'course': os.listdir({str(course)!r}), "
         f"'grading': os.environ.get('NBGRADER_EXECUTION')}}))")
     submission.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))  # stopped by the cell timeout
-    nbformat.write(submission, (course / "submitted" / "alice" / "toy").mkdir(parents=True)
-                   or course / "submitted" / "alice" / "toy" / "toy.ipynb")
+    write_notebook(submission, course / "submitted" / "alice" / "toy" / "toy.ipynb")
 
     options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT])
-    subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice", f"--CourseDirectory.root={course}",
-                    "--Execute.timeout=3", *options], check=True, cwd=tmp_path, env={**os.environ, **env},
-                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice",
+                    f"--CourseDirectory.root={course}", "--Execute.timeout=3", *options],
+                   check=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True)
 
     graded = nbformat.read(course / "autograded" / "alice" / "toy" / "toy.ipynb", as_version=4)
     seen = json.loads(graded.cells[0].outputs[0].text)
-    # the course is empty but for the (mount) path to the kernel's own scratch folder
+    # no notebook (it holds the hidden tests); the course empty but for the path to the kernel's scratch folder
     assert seen == {"cwd": [], "course": ["autograded"], "grading": "autograde"}
     assert [output.ename for output in graded.cells[1].outputs] == ["KeyboardInterrupt", "CellTimeoutError"]
     assert graded.cells[2].outputs == []  # the test passed: the kernel lived on after the interrupt
