@@ -301,10 +301,9 @@ def bwrap_command(settings, workdir, kernel, fds):
     """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy."""
     limits = Limits(**settings["limits"])
     memory = str(limits.memory_bytes)
-    home = os.environ.get("HOME", "/root")
     command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox",
                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
-    for private in ("/tmp", home):  # empty and writable, in memory counted against the limit
+    for private in ("/tmp", home_folder()):  # empty and writable, in memory counted against the limit
         command += ["--perms", "0700", "--size", memory, "--tmpfs", private]
     hidden = [path for path in settings["hidden"] if os.path.exists(path)]
     for path in hidden:
@@ -314,17 +313,19 @@ def bwrap_command(settings, workdir, kernel, fds):
     command += ["--bind", settings["runtime"], settings["runtime"]]
     command += ["--perms", "0755", "--size", memory, "--tmpfs", workdir, *scratch_copy(workdir, fds)]
     command += [option for path in hidden if os.path.isdir(path) for option in ("--remount-ro", path)]
-    command += ["--remount-ro", "/run", "--chdir", workdir, "--clearenv"]
-    for name, value in kernel_environment(home).items():
-        command += ["--setenv", name, value]
+    command += ["--remount-ro", "/run", "--chdir", workdir]
     return [*command, *kernel]
 
 
-def kernel_environment(home):
+def kernel_environment():
     """The variables the kernel gets: an allow-list of the grader's (no JPY_PARENT_PID: ipykernel would exit)."""
     passed = {name: value for name, value in os.environ.items()
               if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
-    return {**passed, "HOME": home, "TMPDIR": "/tmp", "IPYTHONDIR": "/tmp/ipython"}
+    return {**passed, "HOME": home_folder(), "TMPDIR": "/tmp", "IPYTHONDIR": "/tmp/ipython"}
+
+
+def home_folder():
+    return os.environ.get("HOME", "/root")
 
 
 def set_resource_limits(limits, cgroups):
@@ -349,7 +350,8 @@ def supervise(settings, kernel, grader_alive):
     fds = []
     try:
         command = bwrap_command(settings, os.getcwd(), kernel, fds)
-        sandbox = subprocess.Popen(command, pass_fds=fds, stdin=subprocess.DEVNULL,
+        # bwrap itself gets the kernel's environment: the sandbox's first process shows its own in /proc/1/environ
+        sandbox = subprocess.Popen(command, pass_fds=fds, stdin=subprocess.DEVNULL, env=kernel_environment(),
                                    preexec_fn=lambda: (cgroups.enter(), set_resource_limits(limits, cgroups)))
         for fd in fds:
             os.close(fd)

@@ -20,6 +20,7 @@ from traitlets.config.loader import KVArgParseConfigLoader
 from autograder import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "hunter2-" + uuid.uuid4().hex
 
 try:
     sandbox.check_available()
@@ -77,8 +78,10 @@ class Kernel:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    """One kernel shared by the read-only checks."""
-    started = Kernel(tmp_path_factory.mktemp("shared"))
+    """One kernel shared by the read-only checks, started by a grader with a secret in its environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADER_SECRET", SECRET)
+        started = Kernel(tmp_path_factory.mktemp("shared"))
     yield started
     started.shutdown()
 
@@ -136,9 +139,17 @@ def test_no_tcp_connection_reaches_the_host(kernel):
 
 
 def test_the_grader_environment_does_not_leak(kernel):
-    printed, _ = kernel.run("import os; print(sorted(name for name in os.environ if 'JPY' in name or "
-                            "'TOKEN' in name or name == 'JUPYTER_PATH'))")
-    assert printed == "[]\n"
+    """Neither the kernel's environment nor that of any process it can see holds the grader's variables."""
+    printed, _ = kernel.run("import glob, os\n"
+                            "environments = [os.environ.get('JPY_PARENT_PID', 'unset')]\n"
+                            "for path in glob.glob('/proc/[0-9]*/environ'):\n"
+                            "    try:\n"
+                            "        environments.append(open(path, 'rb').read().decode())\n"
+                            "    except OSError:\n"
+                            "        pass\n"
+                            "print(len(environments), environments[0], 'GRADER_SECRET' in ''.join(environments))")
+    count, jpy_parent_pid, leaked = printed.split()
+    assert int(count) >= 3 and jpy_parent_pid == "unset" and leaked == "False"
 
 
 @pytest.mark.skipif(not sandbox.Cgroups.usable("pids") and os.geteuid() == 0,
