@@ -5,12 +5,13 @@ command is this file run as a launcher, so the gradebook, the course and nbgrade
 student's code runs inside bubblewrap (`bwrap`):
 
 - its own network namespace (no network, not even the host's loopback: the kernel talks to nbgrader over ipc
-  sockets in one folder bound into the sandbox), its own PID, IPC and user namespaces, all capabilities dropped;
+  sockets it creates inside, which the launcher links from the host), its own PID, IPC and user namespaces, all
+  capabilities dropped;
 - the whole file system read-only; the hidden paths (the course, the repository...), /tmp, /run and $HOME of
   the host invisible (empty); the interpreter's environment bound back read-only;
 - the only writable places are private and in memory: a scratch copy of the kernel's working folder (without
   its notebooks, which hold the hidden tests while nbgrader executes them) at the same path, an empty /tmp and
-  $HOME; they vanish with the kernel;
+  $HOME, and its runtime folder (its connection file and sockets); they vanish with the kernel;
 - limits: memory (a cgroup where the host has one, v1 or v2, else RLIMIT_AS), processes (cgroup pids, else
   RLIMIT_NPROC) and CPU time (RLIMIT_CPU); the whole process tree is killed when the kernel ends.
 
@@ -94,7 +95,7 @@ def nbgrader_launch(limits, state_dir, hidden):
     what the launcher saw (exit code, signal, killed for memory)."""
     bwrap = bwrap_path()
     state_dir = Path(state_dir).resolve()
-    runtime = state_dir / "runtime"  # connection files and ipc sockets: the one host folder bound writable
+    runtime = state_dir / "runtime"  # the connection file, and links to the kernel's ipc sockets
     kernelspec = state_dir / "jupyter" / "kernels" / KERNEL_NAME
     for folder in (runtime, kernelspec):
         folder.mkdir(parents=True, exist_ok=True)
@@ -291,17 +292,23 @@ def scratch_copy(folder, fds):
             elif os.path.isdir(path):
                 options += ["--perms", "0755", "--dir", path]
             elif os.path.isfile(path):
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                fds.append(fd)
-                options += ["--perms", "0755" if os.access(path, os.X_OK) else "0644", "--file", str(fd), path]
+                options += file_copy(path, fds)
     return options
 
 
-def bwrap_command(settings, workdir, kernel, fds):
-    """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy."""
+def file_copy(path, fds):
+    """bwrap options that copy one file (not followed if a link) into the sandbox at the same path."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fds.append(fd)
+    return ["--perms", "0755" if os.access(path, os.X_OK) else "0644", "--file", str(fd), path]
+
+
+def bwrap_command(settings, workdir, kernel, fds, info_fd):
+    """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy; bwrap
+    writes the sandbox's first process id to `info_fd`."""
     limits = Limits(**settings["limits"])
     memory = str(limits.memory_bytes)
-    command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox",
+    command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox", "--info-fd", str(info_fd),
                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
     for private in ("/tmp", home_folder()):  # empty and writable, in memory counted against the limit
         command += ["--perms", "0700", "--size", memory, "--tmpfs", private]
@@ -310,7 +317,9 @@ def bwrap_command(settings, workdir, kernel, fds):
         command += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for path in settings["needed"]:
         command += ["--ro-bind", path, path]
-    command += ["--bind", settings["runtime"], settings["runtime"]]
+    # The runtime folder inside is private too: the kernel creates its sockets there; expose_sockets links them.
+    command += ["--perms", "0700", "--size", memory, "--tmpfs", settings["runtime"],
+                *file_copy(connection_file(kernel), fds)]
     command += ["--perms", "0755", "--size", memory, "--tmpfs", workdir, *scratch_copy(workdir, fds)]
     command += [option for path in hidden if os.path.isdir(path) for option in ("--remount-ro", path)]
     command += ["--remount-ro", "/run", "--chdir", workdir]
@@ -347,38 +356,59 @@ def supervise(settings, kernel, grader_alive):
     kernel does not stop) leave it alive to clean up."""
     limits = Limits(**settings["limits"])
     cgroups = Cgroups(limits)
-    fds = []
+    fds, links = [], []
+    info, fds_info = os.pipe()
     try:
-        command = bwrap_command(settings, os.getcwd(), kernel, fds)
+        command = bwrap_command(settings, os.getcwd(), kernel, fds, fds_info)
         # bwrap itself gets the kernel's environment: the sandbox's first process shows its own in /proc/1/environ
-        sandbox = subprocess.Popen(command, pass_fds=fds, stdin=subprocess.DEVNULL, env=kernel_environment(),
+        sandbox = subprocess.Popen(command, pass_fds=[*fds, fds_info], stdin=subprocess.DEVNULL,
+                                   env=kernel_environment(),
                                    preexec_fn=lambda: (cgroups.enter(), set_resource_limits(limits, cgroups)))
-        for fd in fds:
+        for fd in [*fds, fds_info]:
             os.close(fd)
+        links = expose_sockets(connection_file(kernel), info)
         stopped_by_grader = wait_for_either(sandbox, grader_alive)
         if stopped_by_grader:
             sandbox.kill()
         code = sandbox.wait()
-        record = {"kernel": connection_name(kernel), "exit_code": code if code >= 0 else 128 - code,
+        record = {"kernel": Path(connection_file(kernel)).stem, "exit_code": code if code >= 0 else 128 - code,
                   "oom_kills": cgroups.oom_kills(), "process_limit_hits": cgroups.process_limit_hits(),
                   "stopped_by_grader": stopped_by_grader, "limits": asdict(limits),
                   "enforced_by_cgroup": sorted(cgroups.folders)}
         with open(Path(settings["state_dir"]) / EVENTS_FILE, "a") as events:
             events.write(json.dumps(record) + "\n")
-        if not stopped_by_grader:  # else nbgrader may already be starting the next kernel there
-            empty_folder(Path(settings["runtime"]))  # whatever the kernel left in its one writable host folder
         return record["exit_code"]
     finally:
         cgroups.remove()
+        remove_links(links)
 
 
-def empty_folder(folder):
-    """Remove everything in a folder, following no link."""
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def expose_sockets(connection_file, info):
+    """Make the ipc sockets that the kernel creates in its private runtime folder reachable from the host: a link
+    at each socket's host path into the sandbox's root (/proc/PID/root/...). The kernel writes nothing to the host.
+
+    `info` is the pipe on which bwrap says the sandbox's first process id. Returns the links made."""
+    with os.fdopen(info, "rb") as stream:
+        started = stream.read()
+    if not started:  # bwrap failed; its message is on stderr
+        return []
+    root = f"/proc/{json.loads(started)['child-pid']}/root"
+    connection = json.loads(Path(connection_file).read_text())
+    links = []
+    for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+        socket_path = f"{connection['ip']}-{connection[name]}"
+        link = Path(socket_path)
+        link.unlink(missing_ok=True)  # a link left by an earlier kernel that was killed
+        link.symlink_to(root + socket_path)
+        links.append((link, root + socket_path))
+    return links
+
+
+def remove_links(links):
+    """Remove our links, unless a later kernel already replaced one with its own."""
+    for link, target in links:
+        if link.is_symlink() and os.readlink(link) == target:
+            link.unlink()
 
 
 def wait_for_either(sandbox, grader_alive):
@@ -391,8 +421,8 @@ def wait_for_either(sandbox, grader_alive):
     return ended not in ready
 
 
-def connection_name(kernel):
-    return Path(kernel[kernel.index("-f") + 1]).stem if "-f" in kernel else "kernel"
+def connection_file(kernel):
+    return kernel[kernel.index("-f") + 1]
 
 
 def launch(settings_file, kernel):
