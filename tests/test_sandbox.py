@@ -38,10 +38,12 @@ class Kernel:
         (self.workdir / "helper.py").write_text("VALUE = 7\n")
         (self.workdir / "notebook.ipynb").write_text("{}")  # nbgrader's notebook, with the hidden tests
         options, env = sandbox.nbgrader_launch(limits, self.state, [ROOT, *hidden])
-        os.environ.update(env)  # only JUPYTER_PATH, where the kernelspec is
         config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
         self.manager = KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
-        self.manager.start_kernel(cwd=str(self.workdir))
+        with pytest.MonkeyPatch.context() as patch:  # env: JUPYTER_PATH, where the kernelspec is
+            for name, value in env.items():
+                patch.setenv(name, value)
+            self.manager.start_kernel(cwd=str(self.workdir))
         self.client = self.manager.client()
         self.client.start_channels()
         self.client.wait_for_ready(timeout=60)
