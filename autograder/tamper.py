@@ -574,7 +574,7 @@ class TamperScan(ast.NodeVisitor):
             self.flag(node, "uses __builtins__")
 
     def visit_Attribute(self, node):
-        name = dotted(node) or node.attr
+        name = dotted(node) or ast.unparse(node)
         if name.startswith("sys.") and node.attr in SYS_HOOKS:
             self.flag(node, f"uses {name} (interpreter hooks)")
         elif node.attr in SHELL_INTERNALS:
