@@ -258,7 +258,7 @@ SCANNED = {
     "from IPython import get_ipython": "imports IPython",
     "%load_ext tamper_extension": "uses get_ipython",
     "ip = get_ipython()\nip.events.register('pre_run_cell', print)": "uses ip.events",
-    "get_ipython().ast_transformers.append(object())": "uses ast_transformers",
+    "get_ipython().ast_transformers.append(object())": "uses get_ipython().ast_transformers",
     "import sys\nsys.setprofile(print)": "uses sys.setprofile",
     "import sys\nsys.excepthook = print": "uses sys.excepthook",
     "class Always(float):\n    def __eq__(self, other):\n        return True": "line 2: defines __eq__",
