@@ -62,11 +62,11 @@ REPORT_PREFIX = "DGM-CANARY"
 # it needs itself and uses nothing of this module.
 
 def _dgm_canary_probe(nonce, index):
-    """One canary's findings, as the line `DGM-CANARY <nonce> <index> <json>`; the first canary (index 0) also
-    stores the pristine fingerprint in a module named after the nonce, for the later ones to name what changed."""
+    """One canary's findings, as the line `DGM-CANARY <nonce> <index> <json>`. The first canary (index 0) also
+    keeps what later canaries compare with in a module named after the nonce (the threads that existed, the
+    course's exception handler); the fingerprints are compared outside the kernel."""
     import builtins
     import functools
-    import hashlib
     import json
     import math
     import os
@@ -97,7 +97,6 @@ def _dgm_canary_probe(nonce, index):
         sys.modules[store_name] = store
         store.handler_codes = set_custom_exc_codes(shell, course_utils)
         store.threads = set(sys._current_frames())
-        store.fingerprint = {}
     library = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 
     def identity(value):
@@ -148,8 +147,20 @@ def _dgm_canary_probe(nonce, index):
     fingerprint["sys.getprofile()"] = identity(sys.getprofile())
     fingerprint["threading.gettrace()"] = identity(threading.gettrace())
     fingerprint["threading.getprofile()"] = identity(threading.getprofile())
-    watch("type(sys.stdout)", type(sys.stdout), ["write", "flush"])
-    watch("type(sys.stderr)", type(sys.stderr), ["write", "flush"])
+    def untee(write):
+        """sys.stdout.write as it is between cells: while a cell runs, IPython wraps it to record the output."""
+        tee = getattr(getattr(type(shell), "_tee", None), "__wrapped__", None)
+        tee_writes = [c for c in getattr(getattr(tee, "__code__", None), "co_consts", ()) if
+                      getattr(c, "co_name", None) == "write"]
+        while getattr(write, "__code__", None) in tee_writes:
+            write = write.__closure__[write.__code__.co_freevars.index("original_write")].cell_contents
+        return write
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        fingerprint[f"sys.{name}.write"] = identity(untee(stream.write))
+        watch(f"sys.{name}", stream, ["flush"])
+        watch(f"type(sys.{name})", type(stream), ["write", "flush"])
     for name in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGTERM"):
         fingerprint[f"signal handler {name}"] = identity(signal.getsignal(getattr(signal, name)))
     if shell is not None:
@@ -157,7 +168,7 @@ def _dgm_canary_probe(nonce, index):
         watch("get_ipython()", shell, [
             "run_cell", "run_cell_async", "_run_cell", "run_ast_nodes", "run_code", "transform_cell",
             "transform_ast", "showtraceback", "_showtraceback", "showsyntaxerror", "get_exception_only",
-            "_get_exc_info", "should_run_async", "set_custom_exc", "compile", "displayhook", "display_pub",
+            "_get_exc_info", "should_run_async", "set_custom_exc", "_tee", "compile", "displayhook", "display_pub",
             "InteractiveTB", "SyntaxTB", "events", "input_transformer_manager", "kernel", "builtin_trap",
             "input_transformers_post", "ast_transformers"])
         watch("type(get_ipython().compile)", type(shell.compile), ["__call__", "ast_parse", "cache"])
@@ -178,9 +189,6 @@ def _dgm_canary_probe(nonce, index):
             fingerprint[f"kernel.shell_handlers[{name!r}]"] = identity(handler)
     if course_utils is not None:
         watch("course_utils", course_utils, ["explain_unfinished_exercises", "unfinished_exercise"])
-    if index == 0:
-        store.fingerprint = fingerprint
-
     def raises(check, *args):
         try:
             check(*args)
@@ -270,16 +278,24 @@ def _dgm_canary_probe(nonce, index):
         if filename.startswith(folder) and not filename.startswith(library) and name != "course_utils":
             unusual.append(f"module {name} was loaded from {filename} in the notebook's folder")
 
+    # Names of the notebook's namespace that hide a builtin or hold something else than the module they name
+    # (`abs = ...`, `torch = FakeTorch()`): the grader keeps those that the test cells use.
+    namespace = shell.user_ns if shell is not None else {}
+    aliases = {"torch": "torch", "np": "numpy", "numpy": "numpy", "math": "math", "nn": "torch.nn",
+               "F": "torch.nn.functional", "course_utils": "course_utils"}
+    rebound = [name for name, value in list(namespace.items())
+               if (hasattr(builtins, name) and value is not getattr(builtins, name))
+               or (name in aliases and value is not sys.modules.get(aliases[name]))
+               or (isinstance(value, types.ModuleType) and value is not sys.modules.get(value.__name__))]
     custom = "none"
     if shell is not None and shell.custom_exceptions:
         custom = describe_custom_exc(shell, store.handler_codes)
-    baseline = store.fingerprint
     report = {
-        "digest": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
-        "changed": sorted(k for k in set(fingerprint) | set(baseline) if fingerprint.get(k) != baseline.get(k)),
+        "fingerprint": fingerprint,
         "misbehaving": misbehaving,
         "custom_exceptions": custom,
         "unusual": sorted(set(unusual)),
+        "rebound": sorted(rebound),
     }
     return f"DGM-CANARY {nonce} {index} {json.dumps(report)}"
 
@@ -394,13 +410,14 @@ def canary_evidence(executed, submitted, nonce):
     if [cell.source for cell in found] != [cell.source for cell in expected]:
         return [f"the canary cells were removed or changed: expected {len(expected)} unchanged, found "
                 f"{sum(cell.source in {e.source for e in expected} for cell in found)} of {len(found)} unchanged"]
-    items, seen, start_digest = [], set(), None
+    used_by_tests = names_used_by_tests(executed)
+    items, seen, start = [], set(), None
     for index, (cell, where) in enumerate(zip(found, wheres)):
         report, problems = read_canary_outputs(cell, nonce, index)
         if report is not None and index == 0:
-            start_digest = report["digest"]
+            start = report.get("fingerprint", {})
         if report is not None:
-            problems += canary_findings(report, start_digest)
+            problems += canary_findings(report, start, used_by_tests)
         for problem in problems:
             if problem not in seen:  # a change stays visible to every later canary: report where it first shows
                 seen.add(problem)
@@ -437,12 +454,16 @@ def read_canary_outputs(cell, nonce, index):
         return None, problems + ["its report is not valid JSON"]
 
 
-def canary_findings(report, start_digest):
-    """The tampering one canary report shows, compared with the first canary's fingerprint."""
-    findings = [f"changed since the start of the notebook: {name}" for name in report.get("changed", [])]
-    if start_digest is not None and report.get("digest") != start_digest and not report.get("changed"):
-        findings.append("the fingerprint of grading functions changed, and so did the canary's own record of it")
+def canary_findings(report, start, used_by_tests):
+    """The tampering one canary report shows: its fingerprint compared with the first canary's (`start`), and
+    what it found directly; `used_by_tests`: the names the test cells read."""
+    fingerprint, findings = report.get("fingerprint", {}), []
+    if start is not None:  # else the first canary's missing output is the evidence
+        findings += [f"changed since the start of the notebook: {name}"
+                     for name in sorted(set(fingerprint) | set(start)) if fingerprint.get(name) != start.get(name)]
     findings += report.get("misbehaving", [])
+    findings += [f"the notebook's name {name!r}, which the tests use, no longer holds the builtin or module it "
+                 f"names" for name in report.get("rebound", []) if name in used_by_tests]
     custom = report.get("custom_exceptions")
     if custom not in ("none", "course"):
         findings.append(f"a custom exception handler was installed: {custom}")
@@ -622,6 +643,19 @@ class TamperScan(ast.NodeVisitor):
     def visit_Constant(self, node):
         if isinstance(node.value, str) and "/proc/" in node.value:
             self.flag(node, "names a /proc path (the process's own memory or state)")
+
+
+def names_used_by_tests(notebook):
+    """The names the notebook's test cells read (torch, abs, KLD...)."""
+    names = set()
+    for cell in notebook.cells:
+        if is_test_cell(cell):
+            try:
+                tree = ast.parse(python_code(cell.source))
+            except (SyntaxError, ValueError):
+                continue
+            names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return names
 
 
 def python_code(source):

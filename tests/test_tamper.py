@@ -32,7 +32,7 @@ TESTS = {
 TRICKS = {
     "input transformer that empties later cells": (
         "get_ipython().input_transformers_cleanup.append(lambda lines: [])",
-        ["no output at all", "uses input_transformers_cleanup"], set(TESTS)),
+        ["no output at all", "uses get_ipython().input_transformers_cleanup"], set(TESTS)),
     "input transformer that wraps cells in try/except": (
         "def wrap(lines):\n"
         "    body = ''.join(lines).splitlines()\n"
@@ -40,7 +40,7 @@ TRICKS = {
         " '    pass\\n']\n"
         "get_ipython().input_transformers_post.append(wrap)",
         ["deliberate error is not shown", "changed since the start of the notebook: "
-         "get_ipython().input_transformers_post", "uses input_transformers_post"], set(TESTS)),
+         "get_ipython().input_transformers_post", "uses get_ipython().input_transformers_post"], set(TESTS)),
     "patched torch.allclose, math.isclose, numpy.testing, an import hook and sys.settrace": (
         "import builtins, sys, types\n"
         "import numpy.testing\n"
@@ -67,11 +67,11 @@ TRICKS = {
     "replaced showtraceback": (
         "get_ipython().showtraceback = lambda *args, **kwargs: None",
         ["deliberate error is not shown", "changed since the start of the notebook: get_ipython().showtraceback",
-         "uses showtraceback"], set(TESTS) - {"test_unfinished"}),  # the course's handler shows that one
+         "uses get_ipython().showtraceback"], set(TESTS) - {"test_unfinished"}),  # the course's handler shows that one
     "custom exception handler that hides errors, replacing the course's": (
         "get_ipython().set_custom_exc((AssertionError, NotImplementedError), lambda *args, **kwargs: [])",
         ["deliberate error is not shown", "a custom exception handler was installed: AssertionError, "
-         "NotImplementedError handled by <function <lambda>", "uses set_custom_exc"], set(TESTS)),
+         "NotImplementedError handled by <function <lambda>", "uses get_ipython().set_custom_exc"], set(TESTS)),
     "kernel that reports every cell as a success": (
         "session = get_ipython().kernel.session\n"
         "real_send = session.send\n"
@@ -187,7 +187,8 @@ def honest_outputs(marked):
     executed = copy.deepcopy(marked)
     canaries = [cell for cell in executed.cells if tamper.is_canary(cell)]
     for index, cell in enumerate(canaries):
-        report = {"digest": "d", "changed": [], "misbehaving": [], "custom_exceptions": "none", "unusual": []}
+        report = {"fingerprint": {"torch.allclose": 1, "sys.gettrace()": 2}, "misbehaving": [],
+                  "custom_exceptions": "none", "unusual": [], "rebound": ["__name__"]}
         cell.outputs = [new_output("stream", name="stdout", text=f"DGM-CANARY {NONCE} {index} {json.dumps(report)}\n"),
                         new_output("error", ename="AssertionError", evalue=tamper.deliberate_error(NONCE, index),
                                    traceback=[])]
@@ -203,9 +204,11 @@ def test_evidence_reads_what_each_canary_shows():
     canaries[2].outputs = canaries[2].outputs[:1]
     canaries[3].outputs[0].text = canaries[3].outputs[0].text.replace(NONCE, "guessed")
     report = json.loads(canaries[4].outputs[0].text.split(" ", 3)[3])
-    report |= {"digest": "other", "changed": ["torch.equal"], "custom_exceptions": "AssertionError handled by f"}
+    report |= {"fingerprint": {"torch.allclose": 3, "sys.gettrace()": 2}, "rebound": ["__name__", "math"],
+               "custom_exceptions": "AssertionError handled by f"}
     canaries[4].outputs[0].text = f"DGM-CANARY {NONCE} 4 {json.dumps(report)}\n"
-    canaries[5].outputs[0].text = canaries[5].outputs[0].text.replace('"digest": "d"', '"digest": "x"')
+    report["misbehaving"] = ["torch.equal gives wrong answers on a known case"]
+    canaries[5].outputs[0].text = f"DGM-CANARY {NONCE} 5 {json.dumps(report)}\n"
     found = tamper.evidence(executed, submitted, NONCE)
     assert found == [
         "canary 1 (after test cell test_allclose): no output at all: the cell was emptied or never ran (an input "
@@ -215,10 +218,11 @@ def test_evidence_reads_what_each_canary_shows():
         "success)",
         "canary 3 (after test cell test_isclose): expected one report line with this run's nonce, found 0 "
         "(and 1 forged or stale ones)",
-        "canary 4 (after test cell test_numpy): changed since the start of the notebook: torch.equal",
+        "canary 4 (after test cell test_numpy): changed since the start of the notebook: torch.allclose",
+        "canary 4 (after test cell test_numpy): the notebook's name 'math', which the tests use, no longer holds "
+        "the builtin or module it names",
         "canary 4 (after test cell test_numpy): a custom exception handler was installed: AssertionError handled by f",
-        "canary 5 (after test cell test_unfinished): the fingerprint of grading functions changed, and so did the "
-        "canary's own record of it",
+        "canary 5 (after test cell test_unfinished): torch.equal gives wrong answers on a known case",
     ]
 
 
