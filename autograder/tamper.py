@@ -376,10 +376,13 @@ def new_canary_cell(notebook, nonce, index, where):
 def add_canaries(notebook, nonce):
     """A copy of the submitted `notebook` with canary cells: at the start, after each test cell, at the end.
 
-    A cell of the submission that claims to be a canary loses that mark (evidence() reports it)."""
+    A cell of the submission that claims to be a canary loses that mark (evidence() reports it), and one whose
+    id a canary takes gets another."""
     marked = copy.deepcopy(notebook)
     for cell in marked.cells:
         cell.get("metadata", {}).pop(CANARY_KEY, None)
+        if cell.get("id", "").startswith("dgm-canary-"):
+            cell.id = "student-" + cell.id[:50]
     cells = list(marked.cells)
     for index, (position, where) in reversed(list(enumerate(canary_places(marked)))):
         cells.insert(position, new_canary_cell(marked, nonce, index, where))
@@ -507,8 +510,11 @@ INTROSPECTION = {
     "f_locals", "f_back", "f_builtins", "f_code", "f_trace", "tb_frame", "gi_frame", "cr_frame", "co_code",
     "co_consts", "cell_contents", "__torch_function__", "__torch_dispatch__", "TorchFunctionMode",
     "TorchDispatchMode", "_DisableTorchFunction", "_disabled_torch_function_impl", "_make_subclass", "overrides",
-    "library",
+    "library", "__base__", "attrgetter", "methodcaller",
 }
+# Modules that other modules import and so make reachable as attributes (os.sys, torch.nn.modules.module.inspect).
+REACHABLE_MODULES = {"sys", "builtins", "importlib", "ctypes", "gc", "inspect", "IPython", "ipykernel", "zmq",
+                     "jupyter_client", "marshal", "pickle", "threading", "signal", "subprocess", "socket"}
 # Methods whose definition lets an object decide the outcome of a comparison or an assertion.
 ASSERTION_DUNDERS = {
     "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__float__", "__int__", "__index__",
@@ -577,9 +583,14 @@ class TamperScan(ast.NodeVisitor):
             self.harmless.add(id(node.func.value.func))
         elif name == "vars" and node.args:
             self.flag(node, "calls vars() on an object (its attributes can then be replaced by name)")
-        elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not (
-                node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls")):
+        elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not on_self(node):
             self.flag(node, f"calls {name}() on something other than self (it can replace functions the tests use)")
+        elif name == "getattr" and len(node.args) >= 2 and not on_self(node):
+            attribute = node.args[1]
+            if isinstance(attribute, ast.Constant) and isinstance(attribute.value, str):
+                self.check_attribute(node, f"{ast.unparse(node.args[0])}.{attribute.value}", attribute.value)
+            else:
+                self.flag(node, "calls getattr() with a computed name (it hides what it reaches)")
         elif name and name.split(".")[0] == "os" and name.split(".")[-1] in OS_PROCESS_CALLS:
             self.flag(node, f"calls {name}()")
         elif name and name.endswith(("weakref.finalize", "atexit.register", "Thread", "Timer")):
@@ -595,19 +606,25 @@ class TamperScan(ast.NodeVisitor):
             self.flag(node, "uses __builtins__")
 
     def visit_Attribute(self, node):
-        name = dotted(node) or ast.unparse(node)
-        if name.startswith("sys.") and node.attr in SYS_HOOKS:
-            self.flag(node, f"uses {name} (interpreter hooks)")
-        elif node.attr in SHELL_INTERNALS:
-            self.flag(node, f"uses {name} (IPython or kernel internals)")
-        elif node.attr in INTROSPECTION or (node.attr in ("__class__", "__dict__")
-                                            and isinstance(node.ctx, (ast.Store, ast.Del))):
-            self.flag(node, f"uses {name} (surgery on functions, frames or classes)")
-        elif node.attr == "__dict__" or (node.attr == "session" and "kernel" in name):
-            self.flag(node, f"uses {name}")
-        if isinstance(node.ctx, (ast.Store, ast.Del)):
+        changes = isinstance(node.ctx, (ast.Store, ast.Del))
+        self.check_attribute(node, dotted(node) or ast.unparse(node), node.attr, changes)
+        if changes:
             self.check_assignment(node)
         self.visit(node.value)
+
+    def check_attribute(self, node, name, attribute, changes=False):
+        """`name`: the attribute as the code spells it (os.sys.modules), `attribute`: its last part (modules)."""
+        owners = name.split(".")[:-1]
+        if attribute in SYS_HOOKS and "sys" in owners:
+            self.flag(node, f"uses {name} (interpreter hooks)")
+        elif attribute in SHELL_INTERNALS:
+            self.flag(node, f"uses {name} (IPython or kernel internals)")
+        elif attribute in INTROSPECTION or (attribute in ("__class__", "__dict__") and changes):
+            self.flag(node, f"uses {name} (surgery on functions, frames or classes)")
+        elif attribute == "__dict__" or (attribute == "session" and "kernel" in name):
+            self.flag(node, f"uses {name}")
+        elif attribute in REACHABLE_MODULES and owners:
+            self.flag(node, f"reaches the module {attribute} through {name}")
 
     def check_assignment(self, node):
         name = dotted(node)
@@ -658,6 +675,78 @@ def names_used_by_tests(notebook):
     return names
 
 
+def on_self(call):
+    """Whether a call's first argument is self or cls (setattr(self, ...) in a method is ordinary code)."""
+    return bool(call.args) and isinstance(call.args[0], ast.Name) and call.args[0].id in ("self", "cls")
+
+
+def top_level_statements(body):
+    """The statements of a cell that run at the notebook's top level (not inside a def or class)."""
+    for node in body:
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from top_level_statements(getattr(node, field, []))
+
+
+def top_level_bindings(tree):
+    """[(node, name, module it imports or None)] for the names a cell binds at the notebook's top level."""
+    bindings = []
+    for node in top_level_statements(tree.body):
+        if isinstance(node, ast.Import):
+            bindings += [(node, alias.asname or alias.name.split(".")[0],
+                          alias.name if alias.asname else alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            bindings += [(node, alias.asname or alias.name, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bindings.append((node, node.name, None))
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bindings.append((node, node.name, None))
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.With,
+                               ast.AsyncWith)):
+            targets = (node.targets if isinstance(node, ast.Assign) else [item.optional_vars for item in node.items]
+                       if isinstance(node, (ast.With, ast.AsyncWith)) else [node.target])
+            bindings += [(node, name, None) for target in targets for name in target_names(target)]
+    return bindings
+
+
+def target_names(target):
+    """The names an assignment target binds: `a, *b = ...` binds a and b; `a.x = ...` and `a[0] = ...` none."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in target_names(element)]
+    if isinstance(target, ast.Starred):
+        return target_names(target.value)
+    return []
+
+
+def rebinding_evidence(trees, used_by_tests):
+    """{index: [(line, what)]}: top-level names rebound so that the tests see something else than they expect:
+    a builtin the tests use (abs = ...), or a module name (torch = FakeTorch(), import numpy as torch)."""
+    import builtins
+
+    bindings = {index: top_level_bindings(tree) for index, tree in sorted(trees.items())}
+    modules = {}  # name: the module its first import binds it to
+    for found in bindings.values():
+        for _, name, module in found:
+            if module is not None:
+                modules.setdefault(name, module)
+    evidence = {}
+    for index, found in bindings.items():
+        for node, name, module in found:
+            if module is None and name in modules:
+                what = f"rebinds {name}, which an import binds to {modules[name]}, to something else"
+            elif module is not None and module != modules[name]:
+                what = f"binds {name} to {module}, which an earlier import binds to {modules[name]}"
+            elif module is None and name in used_by_tests and hasattr(builtins, name):
+                what = f"rebinds the builtin {name}, which the tests use"
+            else:
+                continue
+            evidence.setdefault(index, []).append((node.lineno, what))
+    return evidence
+
+
 def python_code(source):
     """The cell's code as Python, magics (%matplotlib, !ls) turned into the calls IPython makes for them."""
     from IPython.core.inputtransformer2 import TransformerManager
@@ -699,9 +788,11 @@ def scan_notebook(notebook):
         except (SyntaxError, ValueError):
             continue  # it fails when it runs, and scores accordingly
     modules = imported_names(trees.values())
+    rebound = rebinding_evidence(trees, names_used_by_tests(notebook))
     for index, tree in trees.items():
         scan = TamperScan(modules)
         scan.visit(tree)
-        items += [f"{cell_name(notebook, index)}, line {line}: {what}" for line, what in sorted(set(scan.found))]
+        found = sorted(set(scan.found + rebound.get(index, [])))
+        items += [f"{cell_name(notebook, index)}, line {line}: {what}" for line, what in found]
     return items
 

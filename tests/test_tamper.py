@@ -85,6 +85,10 @@ TRICKS = {
         "session.send = send",
         ["deliberate error is not shown", "changed since the start of the notebook: kernel.session.send",
          "uses get_ipython().kernel.session"], set(TESTS)),
+    "names the tests use, rebound": (
+        "math = type('FakeMath', (), {'isclose': staticmethod(lambda *args, **kwargs: True)})()",
+        ["the notebook's name 'math', which the tests use, no longer holds the builtin or module it names",
+         "line 1: rebinds math, which an import binds to math, to something else"], {"test_isclose"}),
     "honest": ("x = 1", [], set()),
 }
 
@@ -128,10 +132,12 @@ def runs(tmp_path_factory):
     submissions = {name: small_notebook(code) for name, (code, _, _) in TRICKS.items()}
     submissions |= {source.stem: reference_submission(source.stem) for source in source_notebooks()}
 
-    def run(name):
-        folder = tmp_path_factory.mktemp("kernel")
+    folders = {name: tmp_path_factory.mktemp("kernel") for name in submissions}  # mktemp is not thread-safe
+    for folder in folders.values():
         shutil.copy(ROOT / "assignment" / "course_utils.py", folder)
-        return name, (submissions[name], execute(submissions[name], folder))
+
+    def run(name):
+        return name, (submissions[name], execute(submissions[name], folders[name]))
 
     # As the autograder runs them: training skipped, data from the data root, warnings on stdout.
     with pytest.MonkeyPatch.context() as environment:
@@ -246,6 +252,13 @@ def test_a_submitted_cell_that_claims_to_be_a_canary_is_evidence_and_loses_the_m
         "cell 2: the submission carries a cell marked as a grader canary"]
 
 
+def test_a_submitted_cell_with_a_canary_id_gets_another():
+    submitted = small_notebook("x = 1")
+    submitted.cells[2].id = "dgm-canary-1"
+    ids = [cell.id for cell in tamper.add_canaries(submitted, NONCE).cells]
+    assert len(set(ids)) == len(ids) and "student-dgm-canary-1" in ids
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The static scan.
 
@@ -278,6 +291,12 @@ SCANNED = {
     "builtins = __builtins__\nbuiltins['abs'] = max": "uses __builtins__",
     "import builtins\nbuiltins.print = len": "imports builtins",
     "del math.isclose": "deletes math.isclose",
+    "torch = type('T', (), {'allclose': staticmethod(lambda *a: True)})()": "line 1: rebinds torch, which an import",
+    "import numpy as math": "binds math to numpy, which an earlier import binds to math",
+    "abs = lambda x: 0": "rebinds the builtin abs, which the tests use",
+    "import os\ngetattr(os, 'sy' + 's')": "calls getattr() with a computed name",
+    "import os\ngetattr(os, 'sys').modules": "reaches the module sys through os.sys",
+    "import os\nos.sys.modules['torch'] = None": "uses os.sys.modules (interpreter hooks)",
 }
 NOT_SCANNED = [
     "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.rcParams['figure.dpi'] = 100",
@@ -287,6 +306,8 @@ NOT_SCANNED = [
     "networks = {name: globals()[name] for name in ['KLD']}\nglobals().update(networks)",
     "import os\npath = os.path.join(os.environ.get('HOME', '.'), 'x')\nos.environ['X'] = '1'",
     "def broken(:\n    pass",  # a syntax error fails when it runs; it is not tampering
+    "def distance(x):\n    abs = x.abs()\n    return getattr(x, 'shape'), abs",
+    "import torch\nimport torch.nn as nn\nfrom torch import nn\nfor index in range(3):\n    pass",
 ]
 
 
@@ -295,7 +316,8 @@ def solution_notebook(code):
                                    new_code_cell(code, metadata={"nbgrader": {
                                        "grade": False, "grade_id": "kld", "locked": False, "schema_version": 3,
                                        "solution": True, "task": False}}),
-                                   graded_test_cell("test_kld", "torch.allclose = None  # locked: restored by nbgrader")])
+                                   graded_test_cell("test_kld", "assert abs(KLD(0, 1)) < 1\n"
+                                                    "torch.allclose = None  # locked: restored by nbgrader")])
     return notebook
 
 
