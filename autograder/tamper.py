@@ -7,44 +7,54 @@ make the kernel report every cell as a success... None of this can be prevented 
 the grader looks for it in two independent ways:
 
 1. Canaries (`add_canaries`): locked code cells that the grader inserts into the submission before nbgrader runs
-   it, one before every other cell, one right after each test cell and one at the end. Each runs a probe that
-   a) fingerprints what the tests and nbgrader rely on (assertion helpers of torch, numpy and math, builtins,
-      the modules in sys.modules, sys.settrace/setprofile/excepthook/stdout, IPython's input and AST
-      transformers, showtraceback, run_cell, the kernel's do_execute/send_response/session.send...) by
-      object identity, compared with the first canary's fingerprint, which is taken before any student code;
+   it: one before every other cell (so before any student code, the course's setup cell included), one right
+   after each test cell and one at the end. Each runs a probe that
+   a) fingerprints, by object identity, what the tests and nbgrader rely on: the assertion helpers of torch,
+      numpy and math (allclose, equal, isclose, assert_close, numpy.testing.assert_*, Tensor.__eq__...),
+      builtins (__import__, isinstance, abs, all, any, round...), what `import torch` returns, the modules in
+      sys.modules, sys.settrace/setprofile/excepthook and sys.stdout.write, signal handlers, IPython's input
+      and AST transformers, showtraceback, run_cell, the kernel's do_execute/send_response/session.send;
+      `evidence` compares each fingerprint, outside the kernel, with the first canary's;
    b) checks their behaviour on small known cases (allclose(1, 2) is False, assert_close(1, 2) raises...);
-   c) lists hooks that student code could use to undo its changes just while a canary runs: IPython event
-      callbacks, threads and timers running notebook code, custom exception handlers other than the course's
-      own (course_utils.explain_unfinished_exercises), modules loaded from the student's folder;
+   c) lists what student code could use to act while a canary or a test runs: IPython event callbacks,
+      threads and timers running notebook code, custom exception handlers other than the course's own
+      (course_utils.explain_unfinished_exercises, recognised by its code object), modules loaded from the
+      student's folder, and names of the notebook's namespace that hide a builtin or hold something else than
+      the module they name (`torch = FakeTorch()`), of which `evidence` keeps those the test cells use;
    d) prints its findings as one line `DGM-CANARY <nonce> <index> <json>`, then fails on purpose with an
       AssertionError that carries the nonce.
-   `evidence` then checks, outside the kernel, that every canary cell is present and unchanged, printed exactly
-   one report and shows exactly its deliberate error. The nonce is fresh for every grading run and appears only
-   in the canary cells, which are added after the student submitted: a kernel that empties cells, wraps them in
-   try/except, hides errors or reports success cannot show the deliberate error, and student code cannot
-   prepare a report before it sees the nonce.
-2. A static scan of the submitted cells that the student can edit (solution cells, unlocked plain cells, cells
-   the student added) with `ast`: assignments to attributes of imported modules (torch.allclose = ...),
-   setattr/delattr on anything but self, exec/eval/compile/__import__, sys.modules/settrace/..., IPython and
-   kernel internals (get_ipython() beyond a few harmless magics, input transformers, set_custom_exc...),
-   importlib, ctypes, gc, inspect, threads, signals, audit hooks, frame and code object surgery, and classes
-   that define the dunders an assertion consults (__eq__, __bool__, __float__, __torch_function__...).
+   `evidence` checks that every canary cell is present and unchanged, printed exactly one report with this
+   run's nonce and shows exactly its deliberate error. The nonce is fresh for every grading run and appears
+   only in the canary cells, which are added after the student submitted: a kernel that empties cells, wraps
+   them in try/except, hides errors or reports success cannot show the deliberate error, and student code
+   cannot prepare a report before it sees the nonce.
+2. A static scan (`scan_notebook`) of the submitted cells that the student can edit (solution cells, unlocked
+   plain cells, cells the student added; nbgrader restores the locked ones) with `ast`: assignments to
+   attributes of imported modules (torch.allclose = ...), setattr/delattr on anything but self, getattr with a
+   computed name, exec/eval/compile/__import__, sys.modules/settrace/... (also reached as os.sys...), IPython
+   and kernel internals (get_ipython() beyond %matplotlib/%time/%timeit, input transformers, set_custom_exc,
+   events, kernel.session...), importlib, ctypes, gc, inspect, threads, timers, signals, audit hooks, frame
+   and code object surgery, classes that define the dunders an assertion consults (__eq__, __bool__,
+   __float__, __torch_function__...), and top-level names rebound under the tests (abs = ..., torch = ...,
+   import numpy as math).
 
-What is detected: every trick in the paragraph above, written plainly or hidden behind getattr/strings: a plain
-one trips the scan and usually a canary; a hidden one needs exec/eval/compile/__import__/importlib/setattr,
-which the scan flags. A change that is in place when a canary runs is caught by identity or behaviour even
-if its code was obfuscated.
+What is detected: each trick above, whether written plainly or hidden behind strings: plain code trips the
+scan (and, if its change is still in place, a canary); hidden code needs exec/eval/compile/__import__/
+importlib/getattr by a computed name/setattr, which the scan flags; and a change in place when a canary runs
+is caught by identity or behaviour however it was written.
 
-What is not (honestly): a student who controls the interpreter can, in principle, forge a canary. Code that
-recognises canary cells (e.g. an input transformer, an event callback, an audit hook or a tracer) can undo its
-changes while a canary runs or rewrite the canary to print a clean report; a patch that restores itself after
-the first call (made from inside a solution function the test calls) leaves nothing for the canary to see.
-All of these need code that the scan flags (transformers, events, audit hooks, settrace, setattr on modules,
-assignment to module attributes, exec...). Code that is neither visible to the scan nor in place when a canary
-runs, e.g. a pickle payload loaded from a file that came with the submission or C code, is not detected: the
-grader must run only the submitted notebook and the release's own helper files (modules loaded from the
-student's folder are reported by the canaries). A kernel that crashes or times out also leaves canaries
-without output; the grader reports such a failure first, before any tampering evidence.
+What is not (honestly): a student controls the interpreter, so a canary can in principle be forged. Code that
+recognises canary cells (an input transformer, an event callback, an audit hook, a tracer, a thread watching
+the main thread) can undo its changes while a canary runs, or rewrite the canary to print a clean report
+(the nonce is in the cell it rewrites); a patch made from inside a solution function that a test calls, and
+undone by itself after its first use, leaves nothing for a canary to see; an object returned by a solution
+can decide a comparison through a dunder or __torch_function__. Each of these needs code that the scan flags,
+so the scan, not the canaries, is what stands between a determined student and a forged grade; what it
+cannot see is code that does not come from the notebook's text: a payload in a file that came with the
+submission (pickle, a .py shadowing a library, an ipython config), C code, or a hole in CPython. The grader
+must therefore run only the submitted notebook with the release's own helper files next to it (the canaries
+report modules loaded from the student's folder). A kernel that dies or times out also leaves canaries without
+output: the grader reports such a failure first, before any tampering evidence.
 """
 import ast
 import copy
