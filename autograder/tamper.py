@@ -60,6 +60,7 @@ import ast
 import copy
 import inspect
 import json
+import re
 
 import nbformat
 
@@ -534,8 +535,10 @@ ASSERTION_DUNDERS = {
 }
 # Attribute assignments to imported modules that are configuration, not tampering.
 CONFIGURATION = ("torch.backends.", "matplotlib.rcParams", "plt.rcParams")
-# Notebook magics that cannot change how later cells run or are reported.
+# Notebook magics that cannot change how later cells run or are reported; those that time code run the code
+# they are given, which the scan reads too.
 HARMLESS_MAGICS = {"matplotlib", "time", "timeit"}
+TIMING_MAGICS = {"time", "timeit"}
 OS_PROCESS_CALLS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "_exit", "write", "dup", "dup2",
                     "execv", "execve", "execvp", "execl", "spawnv", "spawnl", "posix_spawn", "setsid", "putenv"}
 
@@ -591,6 +594,7 @@ class TamperScan(ast.NodeVisitor):
         name = dotted(node.func)
         if harmless_magic(node):
             self.harmless.add(id(node.func.value.func))
+            self.scan_timed_code(node)
         elif name == "vars" and node.args:
             self.flag(node, "calls vars() on an object (its attributes can then be replaced by name)")
         elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not on_self(node):
@@ -606,6 +610,20 @@ class TamperScan(ast.NodeVisitor):
         elif name and name.endswith(("weakref.finalize", "atexit.register", "Thread", "Timer")):
             self.flag(node, f"calls {name}(), which can run code later, behind the tests' back")
         self.generic_visit(node)
+
+    def scan_timed_code(self, call):
+        """The code that %time/%timeit (line) or %%time/%%timeit (cell) run: scanned as if it stood there."""
+        magic, *arguments = [argument.value for argument in call.args if isinstance(argument, ast.Constant)]
+        if magic not in TIMING_MAGICS or not arguments:
+            return
+        code = arguments[-1] if call.func.attr == "run_cell_magic" else re.sub(r"^(\s*-\w\s*\d*)*", "", arguments[0])
+        try:
+            tree = ast.parse(python_code(code))
+        except (SyntaxError, ValueError):
+            self.flag(call, f"runs code under %{magic} that the scan cannot read")
+            return
+        ast.increment_lineno(tree, call.lineno - (call.func.attr == "run_line_magic"))
+        self.visit(tree)
 
     def visit_Name(self, node):
         if node.id in DYNAMIC_BUILTINS and not isinstance(node.ctx, ast.Store):

@@ -82,8 +82,14 @@ TRICKS = {
         "        content = {'status': 'ok', 'execution_count': content.get('execution_count'), 'payload': [],\n"
         "                   'user_expressions': {}}\n"
         "    return real_send(stream, kind, content, *args, **kwargs)\n"
-        "session.send = send",
+        "session.send = send\n"
+        "kernel = get_ipython().kernel\n"
+        "real_execute = kernel.do_execute\n"
+        "async def do_execute(*args, **kwargs):\n"
+        "    return {**(await real_execute(*args, **kwargs)), 'status': 'ok'}\n"
+        "kernel.do_execute = do_execute",
         ["deliberate error is not shown", "changed since the start of the notebook: kernel.session.send",
+         "changed since the start of the notebook: kernel.do_execute", "line 15: uses kernel.do_execute",
          "uses get_ipython().kernel.session"], set(TESTS)),
     "names the tests use, rebound": (
         "math = type('FakeMath', (), {'isclose': staticmethod(lambda *args, **kwargs: True)})()",
@@ -291,6 +297,9 @@ SCANNED = {
     "builtins = __builtins__\nbuiltins['abs'] = max": "uses __builtins__",
     "import builtins\nbuiltins.print = len": "imports builtins",
     "del math.isclose": "deletes math.isclose",
+    "%time torch.allclose = print": "line 1: assigns torch.allclose",
+    "%timeit -n 1 -r 1 setattr(math, 'isclose', max)": "line 1: calls setattr()",
+    "%%time\nx = 1\nmath.isclose = max": "line 3: assigns math.isclose",
     "torch = type('T', (), {'allclose': staticmethod(lambda *a: True)})()": "line 1: rebinds torch, which an import",
     "import numpy as math": "binds math to numpy, which an earlier import binds to math",
     "abs = lambda x: 0": "rebinds the builtin abs, which the tests use",
@@ -307,6 +316,8 @@ NOT_SCANNED = [
     "import os\npath = os.path.join(os.environ.get('HOME', '.'), 'x')\nos.environ['X'] = '1'",
     "def broken(:\n    pass",  # a syntax error fails when it runs; it is not tampering
     "def distance(x):\n    abs = x.abs()\n    return getattr(x, 'shape'), abs",
+    "%%timeit\ntorch.zeros(3).sum()",
+    "%timeit -n 3 torch.zeros(3)",
     "import torch\nimport torch.nn as nn\nfrom torch import nn\nfor index in range(3):\n    pass",
 ]
 
