@@ -444,17 +444,18 @@ def read_canary_outputs(cell, nonce, index):
     if not cell.get("outputs"):
         return None, ["no output at all: the cell was emptied or never ran (an input transformer, a kernel that "
                       "skips cells, or the kernel died)"]
+    # The kernel wrote these outputs: read them with .get, as any field may be missing.
     prefix = f"{REPORT_PREFIX} {nonce} {index} "
-    lines = [line for output in cell.outputs if output.output_type == "stream"
-             for line in "".join(output.text).splitlines() if line.startswith(REPORT_PREFIX)]
-    errors = [output for output in cell.outputs if output.output_type == "error"]
+    lines = [line for output in cell.outputs if output.get("output_type") == "stream"
+             for line in "".join(output.get("text", "")).splitlines() if line.startswith(REPORT_PREFIX)]
+    errors = [(str(output.get("ename")), str(output.get("evalue")))
+              for output in cell.outputs if output.get("output_type") == "error"]
     problems = []
-    if not any(error.ename == "AssertionError" and error.evalue == deliberate_error(nonce, index)
-               for error in errors):
-        shown = [f"{error.ename}: {error.evalue}"[:200] for error in errors]
-        problems.append(f"its deliberate error is not shown ({'shown instead: ' + '; '.join(shown) if shown else 'no error'}): "
-                        "errors are being hidden (try/except around cells, a replaced showtraceback or exception "
-                        "handler, or a kernel that reports success)")
+    if ("AssertionError", deliberate_error(nonce, index)) not in errors:
+        shown = ("shown instead: " + "; ".join(f"{name}: {value}"[:200] for name, value in errors)
+                 if errors else "no error")
+        problems.append(f"its deliberate error is not shown ({shown}): errors are being hidden (try/except around "
+                        "cells, a replaced showtraceback or exception handler, or a kernel that reports success)")
     if len(errors) > 1:
         problems.append(f"{len(errors)} errors shown instead of one")
     reports = [line[len(prefix):] for line in lines if line.startswith(prefix)]
@@ -463,9 +464,21 @@ def read_canary_outputs(cell, nonce, index):
                         f"(and {len(lines) - len(reports)} forged or stale ones)")
         return None, problems
     try:
-        return json.loads(reports[0]), problems
+        report = json.loads(reports[0])
     except ValueError:
-        return None, problems + ["its report is not valid JSON"]
+        report = None
+    if not well_formed(report):
+        return None, problems + ["its report is not what the canary prints (forged or altered)"]
+    return report, problems
+
+
+def well_formed(report):
+    """Whether a parsed report has the shape the probe gives it (so that reading it cannot fail)."""
+    texts = ("misbehaving", "unusual", "rebound")
+    return (isinstance(report, dict) and isinstance(report.get("fingerprint"), dict)
+            and isinstance(report.get("custom_exceptions"), str)
+            and all(isinstance(report.get(key), list) and all(isinstance(item, str) for item in report[key])
+                    for key in texts))
 
 
 def canary_findings(report, start, used_by_tests):

@@ -36,8 +36,8 @@ TRICKS = {
     "input transformer that wraps cells in try/except": (
         "def wrap(lines):\n"
         "    body = ''.join(lines).splitlines()\n"
-        "    return ['try:\\n'] + ['    ' + line + '\\n' for line in body] + ['    pass\\n', 'except BaseException:\\n',"
-        " '    pass\\n']\n"
+        "    return (['try:\\n'] + ['    ' + line + '\\n' for line in body]\n"
+        "            + ['    pass\\n', 'except BaseException:\\n', '    pass\\n'])\n"
         "get_ipython().input_transformers_post.append(wrap)",
         ["deliberate error is not shown", "changed since the start of the notebook: "
          "get_ipython().input_transformers_post", "uses get_ipython().input_transformers_post"], set(TESTS)),
@@ -48,7 +48,7 @@ TRICKS = {
         "fake.__dict__.update(torch.__dict__)\n"
         "fake.allclose = lambda *args, **kwargs: True\n"
         "real_import = builtins.__import__\n"
-        "builtins.__import__ = lambda name, *args, **kwargs: fake if name == 'torch' else real_import(name, *args, **kwargs)\n"
+        "builtins.__import__ = lambda name, *a, **k: fake if name == 'torch' else real_import(name, *a, **k)\n"
         "torch.allclose = lambda *args, **kwargs: True\n"
         "math.isclose = lambda *args, **kwargs: True\n"
         "numpy.testing.assert_allclose = lambda *args, **kwargs: None\n"
@@ -236,6 +236,17 @@ def test_evidence_reads_what_each_canary_shows():
         "canary 4 (after test cell test_numpy): a custom exception handler was installed: AssertionError handled by f",
         "canary 5 (after test cell test_unfinished): torch.equal gives wrong answers on a known case",
     ]
+
+
+@pytest.mark.parametrize("report", ["[1, 2]", "{not json", '{"fingerprint": []}',
+                                    '{"fingerprint": {}, "misbehaving": [1], "custom_exceptions": "none", '
+                                    '"unusual": [], "rebound": []}'])
+def test_a_report_of_the_wrong_shape_is_evidence(report):
+    submitted = small_notebook("x = 1")
+    executed, canaries = honest_outputs(tamper.add_canaries(submitted, NONCE))
+    canaries[1].outputs[0].text = f"DGM-CANARY {NONCE} 1 {report}\n"
+    assert tamper.evidence(executed, submitted, NONCE) == [
+        "canary 1 (after test cell test_allclose): its report is not what the canary prints (forged or altered)"]
 
 
 def test_changed_or_missing_canary_cells_are_evidence():
