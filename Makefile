@@ -21,6 +21,10 @@ $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[instructor]'
+	@# The grader runs student code in bubblewrap (autograder/sandbox.py): install it where we can.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || echo "note: install bubblewrap (apt-get install bubblewrap) to grade; see README.md, The sandbox"
 	touch $@
 
 release: $(VENV)/installed

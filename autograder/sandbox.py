@@ -5,12 +5,13 @@ command is this file run as a launcher, so the gradebook, the course and nbgrade
 student's code runs inside bubblewrap (`bwrap`):
 
 - its own network namespace (no network, not even the host's loopback: the kernel talks to nbgrader over ipc
-  sockets in one folder bound into the sandbox), its own PID, IPC and user namespaces, all capabilities dropped;
+  sockets it creates inside, which the launcher links from the host), its own PID, IPC and user namespaces, all
+  capabilities dropped;
 - the whole file system read-only; the hidden paths (the course, the repository...), /tmp, /run and $HOME of
   the host invisible (empty); the interpreter's environment bound back read-only;
 - the only writable places are private and in memory: a scratch copy of the kernel's working folder (without
   its notebooks, which hold the hidden tests while nbgrader executes them) at the same path, an empty /tmp and
-  $HOME; they vanish with the kernel;
+  $HOME, and its runtime folder (its connection file and sockets); they vanish with the kernel;
 - limits: memory (a cgroup where the host has one, v1 or v2, else RLIMIT_AS), processes (cgroup pids, else
   RLIMIT_NPROC) and CPU time (RLIMIT_CPU); the whole process tree is killed when the kernel ends.
 
@@ -63,12 +64,17 @@ def sandbox_options():
             "--unshare-cgroup-try", "--disable-userns", "--cap-drop", "ALL", "--new-session", "--die-with-parent"]
 
 
-def check_available():
-    """Raise SandboxUnavailable unless bubblewrap can start a sandbox here."""
+def bwrap_path():
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH, so student code cannot be sandboxed: "
                                  f"{INSTALL_HINT}.")
+    return bwrap
+
+
+def check_available():
+    """Raise SandboxUnavailable unless bubblewrap can start a sandbox here."""
+    bwrap = bwrap_path()
     try:
         trial = subprocess.run([bwrap, *sandbox_options(), "--ro-bind", "/", "/", "--proc", "/proc", "true"],
                                capture_output=True, text=True, timeout=60)
@@ -87,11 +93,9 @@ def nbgrader_launch(limits, state_dir, hidden):
     process starts run sandboxed: hidden paths invisible, only a scratch copy of the kernel's working folder
     writable, no network, own PID namespace, limits applied; state_dir (trusted, outside the sandbox) receives
     what the launcher saw (exit code, signal, killed for memory)."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise SandboxUnavailable(f"bubblewrap (bwrap) is not on PATH: {INSTALL_HINT}.")
+    bwrap = bwrap_path()
     state_dir = Path(state_dir).resolve()
-    runtime = state_dir / "runtime"  # connection files and ipc sockets: the one host folder bound writable
+    runtime = state_dir / "runtime"  # the connection file, and links to the kernel's ipc sockets
     kernelspec = state_dir / "jupyter" / "kernels" / KERNEL_NAME
     for folder in (runtime, kernelspec):
         folder.mkdir(parents=True, exist_ok=True)
@@ -135,18 +139,17 @@ def kernel_events(state_dir):
 
 def describe(record):
     """What a person should know about one kernel's end (nothing when it ended normally)."""
-    limits = record["limits"]
-    if record["oom_kills"]:
-        return [f"killed for memory at {size(limits['memory_bytes'])}"]
-    code = record["exit_code"]
+    limits, code = record["limits"], record["exit_code"]
     events = []
     if record["process_limit_hits"]:
         events.append(f"reached the limit of {limits['processes']} processes")
-    if code == 128 + signal.SIGXCPU:
+    if record["oom_kills"]:
+        events.append(f"killed for memory at {size(limits['memory_bytes'])}")
+    elif code == 128 + signal.SIGXCPU:
         events.append(f"stopped after {limits['cpu_seconds']} s of CPU time")
     elif record["stopped_by_grader"]:
         events.append("kernel did not shut down when asked and was killed")
-    elif code > 128:
+    elif code - 128 in signal.valid_signals():
         events.append(f"kernel died (killed by {signal.Signals(code - 128).name})")
     elif code:
         events.append(f"kernel died (exit code {code})")
@@ -164,15 +167,15 @@ def size(count):
 # ---- the launcher: everything below runs in the process the kernelspec starts, outside the sandbox ----
 
 class Cgroups:
-    """The kernel's own cgroup in each controller the host lets us use (v2 preferred, else v1), or none.
+    """The kernel's own cgroup in each controller the host lets us use (v1 or v2, whichever carries it), or none.
 
-    Each is created inside the launcher's own cgroup, so any limit the host already applies still holds."""
+    Each is created inside the launcher's own cgroup where possible, so any limit the host applies still holds."""
 
     def __init__(self, limits):
         self.folders = {}  # controller ("memory", "pids") -> this kernel's cgroup folder
         name = f"{KERNEL_NAME}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for controller, settings in (("memory", memory_settings(limits)), ("pids", {"pids.max": limits.processes})):
-            parent = own_cgroup(controller)
+            parent = cgroup_parent(controller)
             if parent is None:
                 continue
             folder = parent / name
@@ -185,6 +188,11 @@ class Cgroups:
                 remove_cgroup(folder)
                 continue
             self.folders[controller] = folder
+
+    @staticmethod
+    def usable(controller):
+        """Whether kernels get a cgroup for `controller` ("memory", "pids") on this host."""
+        return cgroup_parent(controller) is not None
 
     def enter(self):
         """Move the calling process (the sandbox about to start) into every cgroup."""
@@ -218,26 +226,28 @@ def memory_settings(limits):
             "memory.limit_in_bytes": limits.memory_bytes, "memory.memsw.limit_in_bytes": limits.memory_bytes}
 
 
-def own_cgroup(controller):
-    """The folder of this process's cgroup that carries `controller`, if we may create cgroups in it."""
+def cgroup_parent(controller):
+    """The cgroup folder in which to create a kernel's cgroup for `controller`, or None where we may not."""
     mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
     for hierarchy, controllers, path in (line.split(":", 2) for line in
                                          Path("/proc/self/cgroup").read_text().splitlines()):
         for _, mount, kind, options, *_ in mounts:
-            if kind == "cgroup" and controllers and controller in controllers.split(",") \
-                    and controller in options.split(","):
-                return Path(mount + path) if os.access(mount + path, os.W_OK) else None
+            if kind == "cgroup" and controller in controllers.split(",") and controller in options.split(","):
+                return Path(mount + path) if os.access(mount + path, os.W_OK) else None  # v1: below ours
             if kind == "cgroup2" and hierarchy == "0" and not controllers:
-                folder = Path(mount + path)
-                if delegate_v2(folder, controller):
-                    return folder
+                # v2 forbids controllers below a cgroup that holds processes, as ours usually does: then the
+                # kernel's cgroup is a sibling of ours.
+                own = Path(mount + path)
+                for folder in (own, own.parent):
+                    if folder.is_relative_to(mount) and delegate_v2(folder, controller):
+                        return folder
     return None
 
 
 def delegate_v2(folder, controller):
     """Whether children of this v2 cgroup folder can get `controller` (enabling it if possible)."""
     try:
-        if controller not in (folder / "cgroup.controllers").read_text().split():
+        if controller not in (folder / "cgroup.controllers").read_text().split() or not os.access(folder, os.W_OK):
             return False
         if controller not in (folder / "cgroup.subtree_control").read_text().split():
             (folder / "cgroup.subtree_control").write_text(f"+{controller}")
@@ -282,40 +292,49 @@ def scratch_copy(folder, fds):
             elif os.path.isdir(path):
                 options += ["--perms", "0755", "--dir", path]
             elif os.path.isfile(path):
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-                fds.append(fd)
-                options += ["--perms", "0755" if os.access(path, os.X_OK) else "0644", "--file", str(fd), path]
+                options += file_copy(path, fds)
     return options
 
 
-def bwrap_command(settings, workdir, kernel, fds):
-    """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy."""
+def file_copy(path, fds):
+    """bwrap options that copy one file (not followed if a link) into the sandbox at the same path."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fds.append(fd)
+    return ["--perms", "0755" if os.access(path, os.X_OK) else "0644", "--file", str(fd), path]
+
+
+def bwrap_command(settings, workdir, kernel, fds, info_fd):
+    """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy; bwrap
+    writes the sandbox's first process id to `info_fd`."""
     limits = Limits(**settings["limits"])
     memory = str(limits.memory_bytes)
-    home = os.environ.get("HOME", "/root")
-    command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox",
+    command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox", "--info-fd", str(info_fd),
                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
-    for private in ("/tmp", home):  # empty and writable, in memory counted against the limit
+    for private in ("/tmp", home_folder()):  # empty and writable, in memory counted against the limit
         command += ["--perms", "0700", "--size", memory, "--tmpfs", private]
     hidden = [path for path in settings["hidden"] if os.path.exists(path)]
     for path in hidden:
         command += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for path in settings["needed"]:
         command += ["--ro-bind", path, path]
-    command += ["--bind", settings["runtime"], settings["runtime"]]
+    # The runtime folder inside is private too: the kernel creates its sockets there; expose_sockets links them.
+    command += ["--perms", "0700", "--size", memory, "--tmpfs", settings["runtime"],
+                *file_copy(connection_file(kernel), fds)]
     command += ["--perms", "0755", "--size", memory, "--tmpfs", workdir, *scratch_copy(workdir, fds)]
     command += [option for path in hidden if os.path.isdir(path) for option in ("--remount-ro", path)]
-    command += ["--remount-ro", "/run", "--chdir", workdir, "--clearenv"]
-    for name, value in kernel_environment(home).items():
-        command += ["--setenv", name, value]
+    command += ["--remount-ro", "/run", "--chdir", workdir]
     return [*command, *kernel]
 
 
-def kernel_environment(home):
+def kernel_environment():
     """The variables the kernel gets: an allow-list of the grader's (no JPY_PARENT_PID: ipykernel would exit)."""
     passed = {name: value for name, value in os.environ.items()
               if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
-    return {**passed, "HOME": home, "TMPDIR": "/tmp"}
+    return {**passed, "HOME": home_folder(), "TMPDIR": "/tmp", "IPYTHONDIR": "/tmp/ipython"}
+
+
+def home_folder():
+    return os.environ.get("HOME", "/root")
 
 
 def set_resource_limits(limits, cgroups):
@@ -337,18 +356,22 @@ def supervise(settings, kernel, grader_alive):
     kernel does not stop) leave it alive to clean up."""
     limits = Limits(**settings["limits"])
     cgroups = Cgroups(limits)
-    fds = []
+    fds, links = [], []
+    info, fds_info = os.pipe()
     try:
-        command = bwrap_command(settings, os.getcwd(), kernel, fds)
-        sandbox = subprocess.Popen(command, pass_fds=fds, stdin=subprocess.DEVNULL,
+        command = bwrap_command(settings, os.getcwd(), kernel, fds, fds_info)
+        # bwrap itself gets the kernel's environment: the sandbox's first process shows its own in /proc/1/environ
+        sandbox = subprocess.Popen(command, pass_fds=[*fds, fds_info], stdin=subprocess.DEVNULL,
+                                   env=kernel_environment(),
                                    preexec_fn=lambda: (cgroups.enter(), set_resource_limits(limits, cgroups)))
-        for fd in fds:
+        for fd in [*fds, fds_info]:
             os.close(fd)
+        links = expose_sockets(connection_file(kernel), info)
         stopped_by_grader = wait_for_either(sandbox, grader_alive)
         if stopped_by_grader:
             sandbox.kill()
         code = sandbox.wait()
-        record = {"kernel": connection_name(kernel), "exit_code": code if code >= 0 else 128 - code,
+        record = {"kernel": Path(connection_file(kernel)).stem, "exit_code": code if code >= 0 else 128 - code,
                   "oom_kills": cgroups.oom_kills(), "process_limit_hits": cgroups.process_limit_hits(),
                   "stopped_by_grader": stopped_by_grader, "limits": asdict(limits),
                   "enforced_by_cgroup": sorted(cgroups.folders)}
@@ -357,6 +380,35 @@ def supervise(settings, kernel, grader_alive):
         return record["exit_code"]
     finally:
         cgroups.remove()
+        remove_links(links)
+
+
+def expose_sockets(connection_file, info):
+    """Make the ipc sockets that the kernel creates in its private runtime folder reachable from the host: a link
+    at each socket's host path into the sandbox's root (/proc/PID/root/...). The kernel writes nothing to the host.
+
+    `info` is the pipe on which bwrap says the sandbox's first process id. Returns the links made."""
+    with os.fdopen(info, "rb") as stream:
+        started = stream.read()
+    if not started:  # bwrap failed; its message is on stderr
+        return []
+    root = f"/proc/{json.loads(started)['child-pid']}/root"
+    connection = json.loads(Path(connection_file).read_text())
+    links = []
+    for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
+        socket_path = f"{connection['ip']}-{connection[name]}"
+        link = Path(socket_path)
+        link.unlink(missing_ok=True)  # a link left by an earlier kernel that was killed
+        link.symlink_to(root + socket_path)
+        links.append((link, root + socket_path))
+    return links
+
+
+def remove_links(links):
+    """Remove our links, unless a later kernel already replaced one with its own."""
+    for link, target in links:
+        if link.is_symlink() and os.readlink(link) == target:
+            link.unlink()
 
 
 def wait_for_either(sandbox, grader_alive):
@@ -369,8 +421,8 @@ def wait_for_either(sandbox, grader_alive):
     return ended not in ready
 
 
-def connection_name(kernel):
-    return Path(kernel[kernel.index("-f") + 1]).stem if "-f" in kernel else "kernel"
+def connection_file(kernel):
+    return kernel[kernel.index("-f") + 1]
 
 
 def launch(settings_file, kernel):

@@ -7,49 +7,60 @@ make the kernel report every cell as a success... None of this can be prevented 
 the grader looks for it in two independent ways:
 
 1. Canaries (`add_canaries`): locked code cells that the grader inserts into the submission before nbgrader runs
-   it, one before every other cell, one right after each test cell and one at the end. Each runs a probe that
-   a) fingerprints what the tests and nbgrader rely on (assertion helpers of torch, numpy and math, builtins,
-      the modules in sys.modules, sys.settrace/setprofile/excepthook/stdout, IPython's input and AST
-      transformers, showtraceback, run_cell, the kernel's do_execute/send_response/session.send...) by
-      object identity, compared with the first canary's fingerprint, which is taken before any student code;
+   it: one before every other cell (so before any student code, the course's setup cell included), one right
+   after each test cell and one at the end. Each runs a probe that
+   a) fingerprints, by object identity, what the tests and nbgrader rely on: the assertion helpers of torch,
+      numpy and math (allclose, equal, isclose, assert_close, numpy.testing.assert_*, Tensor.__eq__...),
+      builtins (__import__, isinstance, abs, all, any, round...), what `import torch` returns, the modules in
+      sys.modules, sys.settrace/setprofile/excepthook and sys.stdout.write, signal handlers, IPython's input
+      and AST transformers, showtraceback, run_cell, the kernel's do_execute/send_response/session.send;
+      `evidence` compares each fingerprint, outside the kernel, with the first canary's;
    b) checks their behaviour on small known cases (allclose(1, 2) is False, assert_close(1, 2) raises...);
-   c) lists hooks that student code could use to undo its changes just while a canary runs: IPython event
-      callbacks, threads and timers running notebook code, custom exception handlers other than the course's
-      own (course_utils.explain_unfinished_exercises), modules loaded from the student's folder;
+   c) lists what student code could use to act while a canary or a test runs: IPython event callbacks,
+      threads and timers running notebook code, custom exception handlers other than the course's own
+      (course_utils.explain_unfinished_exercises, recognised by its code object), modules loaded from the
+      student's folder, and names of the notebook's namespace that hide a builtin or hold something else than
+      the module they name (`torch = FakeTorch()`), of which `evidence` keeps those the test cells use;
    d) prints its findings as one line `DGM-CANARY <nonce> <index> <json>`, then fails on purpose with an
       AssertionError that carries the nonce.
-   `evidence` then checks, outside the kernel, that every canary cell is present and unchanged, printed exactly
-   one report and shows exactly its deliberate error. The nonce is fresh for every grading run and appears only
-   in the canary cells, which are added after the student submitted: a kernel that empties cells, wraps them in
-   try/except, hides errors or reports success cannot show the deliberate error, and student code cannot
-   prepare a report before it sees the nonce.
-2. A static scan of the submitted cells that the student can edit (solution cells, unlocked plain cells, cells
-   the student added) with `ast`: assignments to attributes of imported modules (torch.allclose = ...),
-   setattr/delattr on anything but self, exec/eval/compile/__import__, sys.modules/settrace/..., IPython and
-   kernel internals (get_ipython() beyond a few harmless magics, input transformers, set_custom_exc...),
-   importlib, ctypes, gc, inspect, threads, signals, audit hooks, frame and code object surgery, and classes
-   that define the dunders an assertion consults (__eq__, __bool__, __float__, __torch_function__...).
+   `evidence` checks that every canary cell is present and unchanged, printed exactly one report with this
+   run's nonce and shows exactly its deliberate error. The nonce is fresh for every grading run and appears
+   only in the canary cells, which are added after the student submitted: a kernel that empties cells, wraps
+   them in try/except, hides errors or reports success cannot show the deliberate error, and student code
+   cannot prepare a report before it sees the nonce.
+2. A static scan (`scan_notebook`) of the submitted cells that the student can edit (solution cells, unlocked
+   plain cells, cells the student added; nbgrader restores the locked ones) with `ast`: assignments to
+   attributes of imported modules (torch.allclose = ...), setattr/delattr on anything but self, getattr with a
+   computed name, exec/eval/compile/__import__, sys.modules/settrace/... (also reached as os.sys...), IPython
+   and kernel internals (get_ipython() beyond %matplotlib/%time/%timeit, input transformers, set_custom_exc,
+   events, kernel.session...), importlib, ctypes, gc, inspect, threads, timers, signals, audit hooks, frame
+   and code object surgery, classes that define the dunders an assertion consults (__eq__, __bool__,
+   __float__, __torch_function__...), and top-level names rebound under the tests (abs = ..., torch = ...,
+   import numpy as math).
 
-What is detected: every trick in the paragraph above, written plainly or hidden behind getattr/strings: a plain
-one trips the scan and usually a canary; a hidden one needs exec/eval/compile/__import__/importlib/setattr,
-which the scan flags. A change that is in place when a canary runs is caught by identity or behaviour even
-if its code was obfuscated.
+What is detected: each trick above, whether written plainly or hidden behind strings: plain code trips the
+scan (and, if its change is still in place, a canary); hidden code needs exec/eval/compile/__import__/
+importlib/getattr by a computed name/setattr, which the scan flags; and a change in place when a canary runs
+is caught by identity or behaviour however it was written.
 
-What is not (honestly): a student who controls the interpreter can, in principle, forge a canary. Code that
-recognises canary cells (e.g. an input transformer, an event callback, an audit hook or a tracer) can undo its
-changes while a canary runs or rewrite the canary to print a clean report; a patch that restores itself after
-the first call (made from inside a solution function the test calls) leaves nothing for the canary to see.
-All of these need code that the scan flags (transformers, events, audit hooks, settrace, setattr on modules,
-assignment to module attributes, exec...). Code that is neither visible to the scan nor in place when a canary
-runs, e.g. a pickle payload loaded from a file that came with the submission or C code, is not detected: the
-grader must run only the submitted notebook and the release's own helper files (modules loaded from the
-student's folder are reported by the canaries). A kernel that crashes or times out also leaves canaries
-without output; the grader reports such a failure first, before any tampering evidence.
+What is not (honestly): a student controls the interpreter, so a canary can in principle be forged. Code that
+recognises canary cells (an input transformer, an event callback, an audit hook, a tracer, a thread watching
+the main thread) can undo its changes while a canary runs, or rewrite the canary to print a clean report
+(the nonce is in the cell it rewrites); a patch made from inside a solution function that a test calls, and
+undone by itself after its first use, leaves nothing for a canary to see; an object returned by a solution
+can decide a comparison through a dunder or __torch_function__. Each of these needs code that the scan flags,
+so the scan, not the canaries, is what stands between a determined student and a forged grade; what it
+cannot see is code that does not come from the notebook's text: a payload in a file that came with the
+submission (pickle, a .py shadowing a library, an ipython config), C code, or a hole in CPython. The grader
+must therefore run only the submitted notebook with the release's own helper files next to it (the canaries
+report modules loaded from the student's folder). A kernel that dies or times out also leaves canaries without
+output: the grader reports such a failure first, before any tampering evidence.
 """
 import ast
 import copy
 import inspect
 import json
+import re
 
 import nbformat
 
@@ -62,11 +73,11 @@ REPORT_PREFIX = "DGM-CANARY"
 # it needs itself and uses nothing of this module.
 
 def _dgm_canary_probe(nonce, index):
-    """One canary's findings, as the line `DGM-CANARY <nonce> <index> <json>`; the first canary (index 0) also
-    stores the pristine fingerprint in a module named after the nonce, for the later ones to name what changed."""
+    """One canary's findings, as the line `DGM-CANARY <nonce> <index> <json>`. The first canary (index 0) also
+    keeps what later canaries compare with in a module named after the nonce (the threads that existed, the
+    course's exception handler); the fingerprints are compared outside the kernel."""
     import builtins
     import functools
-    import hashlib
     import json
     import math
     import os
@@ -97,7 +108,6 @@ def _dgm_canary_probe(nonce, index):
         sys.modules[store_name] = store
         store.handler_codes = set_custom_exc_codes(shell, course_utils)
         store.threads = set(sys._current_frames())
-        store.fingerprint = {}
     library = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 
     def identity(value):
@@ -148,8 +158,20 @@ def _dgm_canary_probe(nonce, index):
     fingerprint["sys.getprofile()"] = identity(sys.getprofile())
     fingerprint["threading.gettrace()"] = identity(threading.gettrace())
     fingerprint["threading.getprofile()"] = identity(threading.getprofile())
-    watch("type(sys.stdout)", type(sys.stdout), ["write", "flush"])
-    watch("type(sys.stderr)", type(sys.stderr), ["write", "flush"])
+    def untee(write):
+        """sys.stdout.write as it is between cells: while a cell runs, IPython wraps it to record the output."""
+        tee = getattr(getattr(type(shell), "_tee", None), "__wrapped__", None)
+        tee_writes = [c for c in getattr(getattr(tee, "__code__", None), "co_consts", ()) if
+                      getattr(c, "co_name", None) == "write"]
+        while getattr(write, "__code__", None) in tee_writes:
+            write = write.__closure__[write.__code__.co_freevars.index("original_write")].cell_contents
+        return write
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        fingerprint[f"sys.{name}.write"] = identity(untee(stream.write))
+        watch(f"sys.{name}", stream, ["flush"])
+        watch(f"type(sys.{name})", type(stream), ["write", "flush"])
     for name in ("SIGALRM", "SIGVTALRM", "SIGPROF", "SIGUSR1", "SIGUSR2", "SIGTERM"):
         fingerprint[f"signal handler {name}"] = identity(signal.getsignal(getattr(signal, name)))
     if shell is not None:
@@ -157,7 +179,7 @@ def _dgm_canary_probe(nonce, index):
         watch("get_ipython()", shell, [
             "run_cell", "run_cell_async", "_run_cell", "run_ast_nodes", "run_code", "transform_cell",
             "transform_ast", "showtraceback", "_showtraceback", "showsyntaxerror", "get_exception_only",
-            "_get_exc_info", "should_run_async", "set_custom_exc", "compile", "displayhook", "display_pub",
+            "_get_exc_info", "should_run_async", "set_custom_exc", "_tee", "compile", "displayhook", "display_pub",
             "InteractiveTB", "SyntaxTB", "events", "input_transformer_manager", "kernel", "builtin_trap",
             "input_transformers_post", "ast_transformers"])
         watch("type(get_ipython().compile)", type(shell.compile), ["__call__", "ast_parse", "cache"])
@@ -178,9 +200,6 @@ def _dgm_canary_probe(nonce, index):
             fingerprint[f"kernel.shell_handlers[{name!r}]"] = identity(handler)
     if course_utils is not None:
         watch("course_utils", course_utils, ["explain_unfinished_exercises", "unfinished_exercise"])
-    if index == 0:
-        store.fingerprint = fingerprint
-
     def raises(check, *args):
         try:
             check(*args)
@@ -270,16 +289,24 @@ def _dgm_canary_probe(nonce, index):
         if filename.startswith(folder) and not filename.startswith(library) and name != "course_utils":
             unusual.append(f"module {name} was loaded from {filename} in the notebook's folder")
 
+    # Names of the notebook's namespace that hide a builtin or hold something else than the module they name
+    # (`abs = ...`, `torch = FakeTorch()`): the grader keeps those that the test cells use.
+    namespace = shell.user_ns if shell is not None else {}
+    aliases = {"torch": "torch", "np": "numpy", "numpy": "numpy", "math": "math", "nn": "torch.nn",
+               "F": "torch.nn.functional", "course_utils": "course_utils"}
+    rebound = [name for name, value in list(namespace.items())
+               if (hasattr(builtins, name) and value is not getattr(builtins, name))
+               or (name in aliases and value is not sys.modules.get(aliases[name]))
+               or (isinstance(value, types.ModuleType) and value is not sys.modules.get(value.__name__))]
     custom = "none"
     if shell is not None and shell.custom_exceptions:
         custom = describe_custom_exc(shell, store.handler_codes)
-    baseline = store.fingerprint
     report = {
-        "digest": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
-        "changed": sorted(k for k in set(fingerprint) | set(baseline) if fingerprint.get(k) != baseline.get(k)),
+        "fingerprint": fingerprint,
         "misbehaving": misbehaving,
         "custom_exceptions": custom,
         "unusual": sorted(set(unusual)),
+        "rebound": sorted(rebound),
     }
     return f"DGM-CANARY {nonce} {index} {json.dumps(report)}"
 
@@ -360,10 +387,13 @@ def new_canary_cell(notebook, nonce, index, where):
 def add_canaries(notebook, nonce):
     """A copy of the submitted `notebook` with canary cells: at the start, after each test cell, at the end.
 
-    A cell of the submission that claims to be a canary loses that mark (evidence() reports it)."""
+    A cell of the submission that claims to be a canary loses that mark (evidence() reports it), and one whose
+    id a canary takes gets another."""
     marked = copy.deepcopy(notebook)
     for cell in marked.cells:
         cell.get("metadata", {}).pop(CANARY_KEY, None)
+        if cell.get("id", "").startswith("dgm-canary-"):
+            cell.id = "student-" + cell.id[:50]
     cells = list(marked.cells)
     for index, (position, where) in reversed(list(enumerate(canary_places(marked)))):
         cells.insert(position, new_canary_cell(marked, nonce, index, where))
@@ -394,13 +424,14 @@ def canary_evidence(executed, submitted, nonce):
     if [cell.source for cell in found] != [cell.source for cell in expected]:
         return [f"the canary cells were removed or changed: expected {len(expected)} unchanged, found "
                 f"{sum(cell.source in {e.source for e in expected} for cell in found)} of {len(found)} unchanged"]
-    items, seen, start_digest = [], set(), None
+    used_by_tests = names_used_by_tests(executed)
+    items, seen, start = [], set(), None
     for index, (cell, where) in enumerate(zip(found, wheres)):
         report, problems = read_canary_outputs(cell, nonce, index)
         if report is not None and index == 0:
-            start_digest = report["digest"]
+            start = report.get("fingerprint", {})
         if report is not None:
-            problems += canary_findings(report, start_digest)
+            problems += canary_findings(report, start, used_by_tests)
         for problem in problems:
             if problem not in seen:  # a change stays visible to every later canary: report where it first shows
                 seen.add(problem)
@@ -413,17 +444,18 @@ def read_canary_outputs(cell, nonce, index):
     if not cell.get("outputs"):
         return None, ["no output at all: the cell was emptied or never ran (an input transformer, a kernel that "
                       "skips cells, or the kernel died)"]
+    # The kernel wrote these outputs: read them with .get, as any field may be missing.
     prefix = f"{REPORT_PREFIX} {nonce} {index} "
-    lines = [line for output in cell.outputs if output.output_type == "stream"
-             for line in "".join(output.text).splitlines() if line.startswith(REPORT_PREFIX)]
-    errors = [output for output in cell.outputs if output.output_type == "error"]
+    lines = [line for output in cell.outputs if output.get("output_type") == "stream"
+             for line in "".join(output.get("text", "")).splitlines() if line.startswith(REPORT_PREFIX)]
+    errors = [(str(output.get("ename")), str(output.get("evalue")))
+              for output in cell.outputs if output.get("output_type") == "error"]
     problems = []
-    if not any(error.ename == "AssertionError" and error.evalue == deliberate_error(nonce, index)
-               for error in errors):
-        shown = [f"{error.ename}: {error.evalue}"[:200] for error in errors]
-        problems.append(f"its deliberate error is not shown ({'shown instead: ' + '; '.join(shown) if shown else 'no error'}): "
-                        "errors are being hidden (try/except around cells, a replaced showtraceback or exception "
-                        "handler, or a kernel that reports success)")
+    if ("AssertionError", deliberate_error(nonce, index)) not in errors:
+        shown = ("shown instead: " + "; ".join(f"{name}: {value}"[:200] for name, value in errors)
+                 if errors else "no error")
+        problems.append(f"its deliberate error is not shown ({shown}): errors are being hidden (try/except around "
+                        "cells, a replaced showtraceback or exception handler, or a kernel that reports success)")
     if len(errors) > 1:
         problems.append(f"{len(errors)} errors shown instead of one")
     reports = [line[len(prefix):] for line in lines if line.startswith(prefix)]
@@ -432,17 +464,33 @@ def read_canary_outputs(cell, nonce, index):
                         f"(and {len(lines) - len(reports)} forged or stale ones)")
         return None, problems
     try:
-        return json.loads(reports[0]), problems
+        report = json.loads(reports[0])
     except ValueError:
-        return None, problems + ["its report is not valid JSON"]
+        report = None
+    if not well_formed(report):
+        return None, problems + ["its report is not what the canary prints (forged or altered)"]
+    return report, problems
 
 
-def canary_findings(report, start_digest):
-    """The tampering one canary report shows, compared with the first canary's fingerprint."""
-    findings = [f"changed since the start of the notebook: {name}" for name in report.get("changed", [])]
-    if start_digest is not None and report.get("digest") != start_digest and not report.get("changed"):
-        findings.append("the fingerprint of grading functions changed, and so did the canary's own record of it")
+def well_formed(report):
+    """Whether a parsed report has the shape the probe gives it (so that reading it cannot fail)."""
+    texts = ("misbehaving", "unusual", "rebound")
+    return (isinstance(report, dict) and isinstance(report.get("fingerprint"), dict)
+            and isinstance(report.get("custom_exceptions"), str)
+            and all(isinstance(report.get(key), list) and all(isinstance(item, str) for item in report[key])
+                    for key in texts))
+
+
+def canary_findings(report, start, used_by_tests):
+    """The tampering one canary report shows: its fingerprint compared with the first canary's (`start`), and
+    what it found directly; `used_by_tests`: the names the test cells read."""
+    fingerprint, findings = report.get("fingerprint", {}), []
+    if start is not None:  # else the first canary's missing output is the evidence
+        findings += [f"changed since the start of the notebook: {name}"
+                     for name in sorted(set(fingerprint) | set(start)) if fingerprint.get(name) != start.get(name)]
     findings += report.get("misbehaving", [])
+    findings += [f"the notebook's name {name!r}, which the tests use, no longer holds the builtin or module it "
+                 f"names" for name in report.get("rebound", []) if name in used_by_tests]
     custom = report.get("custom_exceptions")
     if custom not in ("none", "course"):
         findings.append(f"a custom exception handler was installed: {custom}")
@@ -486,8 +534,11 @@ INTROSPECTION = {
     "f_locals", "f_back", "f_builtins", "f_code", "f_trace", "tb_frame", "gi_frame", "cr_frame", "co_code",
     "co_consts", "cell_contents", "__torch_function__", "__torch_dispatch__", "TorchFunctionMode",
     "TorchDispatchMode", "_DisableTorchFunction", "_disabled_torch_function_impl", "_make_subclass", "overrides",
-    "library",
+    "library", "__base__", "attrgetter", "methodcaller",
 }
+# Modules that other modules import and so make reachable as attributes (os.sys, torch.nn.modules.module.inspect).
+REACHABLE_MODULES = {"sys", "builtins", "importlib", "ctypes", "gc", "inspect", "IPython", "ipykernel", "zmq",
+                     "jupyter_client", "marshal", "pickle", "threading", "signal", "subprocess", "socket"}
 # Methods whose definition lets an object decide the outcome of a comparison or an assertion.
 ASSERTION_DUNDERS = {
     "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__float__", "__int__", "__index__",
@@ -497,8 +548,10 @@ ASSERTION_DUNDERS = {
 }
 # Attribute assignments to imported modules that are configuration, not tampering.
 CONFIGURATION = ("torch.backends.", "matplotlib.rcParams", "plt.rcParams")
-# Notebook magics that cannot change how later cells run or are reported.
+# Notebook magics that cannot change how later cells run or are reported; those that time code run the code
+# they are given, which the scan reads too.
 HARMLESS_MAGICS = {"matplotlib", "time", "timeit"}
+TIMING_MAGICS = {"time", "timeit"}
 OS_PROCESS_CALLS = {"system", "popen", "fork", "forkpty", "kill", "killpg", "_exit", "write", "dup", "dup2",
                     "execv", "execve", "execvp", "execl", "spawnv", "spawnl", "posix_spawn", "setsid", "putenv"}
 
@@ -554,16 +607,36 @@ class TamperScan(ast.NodeVisitor):
         name = dotted(node.func)
         if harmless_magic(node):
             self.harmless.add(id(node.func.value.func))
+            self.scan_timed_code(node)
         elif name == "vars" and node.args:
             self.flag(node, "calls vars() on an object (its attributes can then be replaced by name)")
-        elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not (
-                node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in ("self", "cls")):
+        elif name in ("setattr", "delattr", "object.__setattr__", "type.__setattr__") and not on_self(node):
             self.flag(node, f"calls {name}() on something other than self (it can replace functions the tests use)")
+        elif name == "getattr" and len(node.args) >= 2 and not on_self(node):
+            attribute = node.args[1]
+            if isinstance(attribute, ast.Constant) and isinstance(attribute.value, str):
+                self.check_attribute(node, f"{ast.unparse(node.args[0])}.{attribute.value}", attribute.value)
+            else:
+                self.flag(node, "calls getattr() with a computed name (it hides what it reaches)")
         elif name and name.split(".")[0] == "os" and name.split(".")[-1] in OS_PROCESS_CALLS:
             self.flag(node, f"calls {name}()")
         elif name and name.endswith(("weakref.finalize", "atexit.register", "Thread", "Timer")):
             self.flag(node, f"calls {name}(), which can run code later, behind the tests' back")
         self.generic_visit(node)
+
+    def scan_timed_code(self, call):
+        """The code that %time/%timeit (line) or %%time/%%timeit (cell) run: scanned as if it stood there."""
+        magic, *arguments = [argument.value for argument in call.args if isinstance(argument, ast.Constant)]
+        if magic not in TIMING_MAGICS or not arguments:
+            return
+        code = arguments[-1] if call.func.attr == "run_cell_magic" else re.sub(r"^(\s*-\w\s*\d*)*", "", arguments[0])
+        try:
+            tree = ast.parse(python_code(code))
+        except (SyntaxError, ValueError):
+            self.flag(call, f"runs code under %{magic} that the scan cannot read")
+            return
+        ast.increment_lineno(tree, call.lineno - (call.func.attr == "run_line_magic"))
+        self.visit(tree)
 
     def visit_Name(self, node):
         if node.id in DYNAMIC_BUILTINS and not isinstance(node.ctx, ast.Store):
@@ -574,19 +647,25 @@ class TamperScan(ast.NodeVisitor):
             self.flag(node, "uses __builtins__")
 
     def visit_Attribute(self, node):
-        name = dotted(node) or node.attr
-        if name.startswith("sys.") and node.attr in SYS_HOOKS:
-            self.flag(node, f"uses {name} (interpreter hooks)")
-        elif node.attr in SHELL_INTERNALS:
-            self.flag(node, f"uses {name} (IPython or kernel internals)")
-        elif node.attr in INTROSPECTION or (node.attr in ("__class__", "__dict__")
-                                            and isinstance(node.ctx, (ast.Store, ast.Del))):
-            self.flag(node, f"uses {name} (surgery on functions, frames or classes)")
-        elif node.attr == "__dict__" or (node.attr == "session" and "kernel" in name):
-            self.flag(node, f"uses {name}")
-        if isinstance(node.ctx, (ast.Store, ast.Del)):
+        changes = isinstance(node.ctx, (ast.Store, ast.Del))
+        self.check_attribute(node, dotted(node) or ast.unparse(node), node.attr, changes)
+        if changes:
             self.check_assignment(node)
         self.visit(node.value)
+
+    def check_attribute(self, node, name, attribute, changes=False):
+        """`name`: the attribute as the code spells it (os.sys.modules), `attribute`: its last part (modules)."""
+        owners = name.split(".")[:-1]
+        if attribute in SYS_HOOKS and "sys" in owners:
+            self.flag(node, f"uses {name} (interpreter hooks)")
+        elif attribute in SHELL_INTERNALS:
+            self.flag(node, f"uses {name} (IPython or kernel internals)")
+        elif attribute in INTROSPECTION or (attribute in ("__class__", "__dict__") and changes):
+            self.flag(node, f"uses {name} (surgery on functions, frames or classes)")
+        elif attribute == "__dict__" or (attribute == "session" and "kernel" in name):
+            self.flag(node, f"uses {name}")
+        elif attribute in REACHABLE_MODULES and owners:
+            self.flag(node, f"reaches the module {attribute} through {name}")
 
     def check_assignment(self, node):
         name = dotted(node)
@@ -622,6 +701,91 @@ class TamperScan(ast.NodeVisitor):
     def visit_Constant(self, node):
         if isinstance(node.value, str) and "/proc/" in node.value:
             self.flag(node, "names a /proc path (the process's own memory or state)")
+
+
+def names_used_by_tests(notebook):
+    """The names the notebook's test cells read (torch, abs, KLD...)."""
+    names = set()
+    for cell in notebook.cells:
+        if is_test_cell(cell):
+            try:
+                tree = ast.parse(python_code(cell.source))
+            except (SyntaxError, ValueError):
+                continue
+            names |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return names
+
+
+def on_self(call):
+    """Whether a call's first argument is self or cls (setattr(self, ...) in a method is ordinary code)."""
+    return bool(call.args) and isinstance(call.args[0], ast.Name) and call.args[0].id in ("self", "cls")
+
+
+def top_level_statements(body):
+    """The statements of a cell that run at the notebook's top level (not inside a def or class)."""
+    for node in body:
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                yield from top_level_statements(getattr(node, field, []))
+
+
+def top_level_bindings(tree):
+    """[(node, name, module it imports or None)] for the names a cell binds at the notebook's top level."""
+    bindings = []
+    for node in top_level_statements(tree.body):
+        if isinstance(node, ast.Import):
+            bindings += [(node, alias.asname or alias.name.split(".")[0],
+                          alias.name if alias.asname else alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            bindings += [(node, alias.asname or alias.name, f"{node.module}.{alias.name}") for alias in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bindings.append((node, node.name, None))
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bindings.append((node, node.name, None))
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.With,
+                               ast.AsyncWith)):
+            targets = (node.targets if isinstance(node, ast.Assign) else [item.optional_vars for item in node.items]
+                       if isinstance(node, (ast.With, ast.AsyncWith)) else [node.target])
+            bindings += [(node, name, None) for target in targets for name in target_names(target)]
+    return bindings
+
+
+def target_names(target):
+    """The names an assignment target binds: `a, *b = ...` binds a and b; `a.x = ...` and `a[0] = ...` none."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [name for element in target.elts for name in target_names(element)]
+    if isinstance(target, ast.Starred):
+        return target_names(target.value)
+    return []
+
+
+def rebinding_evidence(trees, used_by_tests):
+    """{index: [(line, what)]}: top-level names rebound so that the tests see something else than they expect:
+    a builtin the tests use (abs = ...), or a module name (torch = FakeTorch(), import numpy as torch)."""
+    import builtins
+
+    bindings = {index: top_level_bindings(tree) for index, tree in sorted(trees.items())}
+    modules = {}  # name: the module its first import binds it to
+    for found in bindings.values():
+        for _, name, module in found:
+            if module is not None:
+                modules.setdefault(name, module)
+    evidence = {}
+    for index, found in bindings.items():
+        for node, name, module in found:
+            if module is None and name in modules:
+                what = f"rebinds {name}, which an import binds to {modules[name]}, to something else"
+            elif module is not None and module != modules[name]:
+                what = f"binds {name} to {module}, which an earlier import binds to {modules[name]}"
+            elif module is None and name in used_by_tests and hasattr(builtins, name):
+                what = f"rebinds the builtin {name}, which the tests use"
+            else:
+                continue
+            evidence.setdefault(index, []).append((node.lineno, what))
+    return evidence
 
 
 def python_code(source):
@@ -665,9 +829,11 @@ def scan_notebook(notebook):
         except (SyntaxError, ValueError):
             continue  # it fails when it runs, and scores accordingly
     modules = imported_names(trees.values())
+    rebound = rebinding_evidence(trees, names_used_by_tests(notebook))
     for index, tree in trees.items():
         scan = TamperScan(modules)
         scan.visit(tree)
-        items += [f"{cell_name(notebook, index)}, line {line}: {what}" for line, what in sorted(set(scan.found))]
+        found = sorted(set(scan.found + rebound.get(index, [])))
+        items += [f"{cell_name(notebook, index)}, line {line}: {what}" for line, what in found]
     return items
 

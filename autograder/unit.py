@@ -208,7 +208,7 @@ def empty_gradebook(job, scratch):
         config.CourseDirectory.root = str(course)
         outcome = NbGraderAPI(config=config).generate_assignment(job["assignment"], force=True)
         if not outcome["success"]:
-            raise RuntimeError(f"nbgrader generate_assignment failed on the source:\n{outcome.get('error')}")
+            raise RuntimeError(f"nbgrader generate_assignment failed on the source:\n{outcome.get('log', '')[-3000:]}")
         _gradebooks[key] = (course / "gradebook.db").read_bytes()
         shutil.rmtree(course)
     return _gradebooks[key]
@@ -241,7 +241,7 @@ def timed_out_cells(executed, submitted):
 
 
 def failure_reason(error, events, running):
-    """Why nbgrader could not autograde the notebook, from the sandbox's events and nbgrader's error."""
+    """Why nbgrader could not autograde the notebook, from the sandbox's events and nbgrader's log and error."""
     where = f" in {running}" if running else ""
     if "DeadKernelError" in error or "Kernel died" in error:
         cause = "kernel died"
@@ -314,7 +314,7 @@ def autograde(job, workdir):
     events = kernel_events(job, workdir)
     if not outcome["success"]:
         running = cell_name(submitted, stuck_cell(progress, limits.cell_seconds))
-        return new_result(job, reason=failure_reason(outcome.get("error", ""), events, running), log=log)
+        return new_result(job, reason=failure_reason(log, events, running), log=log)
 
     executed = nbformat.read(course / "autograded" / student / assignment / f"{assignment}.ipynb", as_version=4)
     evidence = tamper.evidence(executed, submitted, nonce)

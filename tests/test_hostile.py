@@ -22,7 +22,8 @@ from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"
 CORPUS = Path(__file__).parent / "hostile" / f"{NOTEBOOK}.yml"
-LIMITS = ["--jobs", "2", "--memory-gib", "1", "--cell-seconds", "20", "--notebook-seconds", "150",
+# 2 GiB: a kernel that prints 200 MB holds a few copies of it while it sends them (killed for memory at 1 GiB).
+LIMITS = ["--jobs", "2", "--memory-gib", "2", "--cell-seconds", "20", "--notebook-seconds", "150",
           "--feedback-seconds", "40"]
 CONTROLS = {"zz_control_reference": "reference", "zz_control_kld_mean": "kld_mean"}  # graded last
 NESTED_MARKDOWN = "[" * 20000 + "x" + "]" * 20000
@@ -106,12 +107,13 @@ def tree_hashes(*folders):
 
 
 def per_test_scores(course):
+    """{(student, test grade_id): (score, manual score)} in the course's gradebook."""
     from nbgrader.api import Gradebook
 
     with Gradebook(grade.gradebook_url(course)) as gradebook:
-        return {(student.id, g.name): (g.score, g.manual_score) for student in gradebook.students
-                for g in gradebook.find_submission_notebook(NOTEBOOK, NOTEBOOK, student.id).grades
-                if g.cell.cell_type == "code"} if gradebook.students else {}
+        return {(submission.student.id, g.name): (g.score, g.manual_score)
+                for submission in gradebook.notebook_submissions(NOTEBOOK, NOTEBOOK)
+                for g in submission.grades if g.cell.cell_type == "code"}
 
 
 class Listener:
