@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 COURSE := build/course
+EXAMPLES := build/examples
 BOOK_HTML := build/book/_build/html
 
 # Data: ../shared/data where it exists (CI and development); otherwise the notebooks' default, ./data.
@@ -20,6 +21,10 @@ $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[instructor]'
+	@# The grader runs student code in bubblewrap (autograder/sandbox.py): install it where we can.
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+	  || echo "note: install bubblewrap (apt-get install bubblewrap) to grade; see README.md, The sandbox"
 	touch $@
 
 release: $(VENV)/installed
@@ -34,8 +39,8 @@ book: release
 course: grade book
 	@echo
 	@echo "Student release:    assignment/ (give students this folder)"
-	@echo "Grades:             $(COURSE)/grades.csv"
-	@echo "Feedback:           $(COURSE)/feedback/<student>/<notebook>/<notebook>.html"
+	@echo "Example grades:     $(EXAMPLES)/grades.csv, report $(EXAMPLES)/grading_report.csv"
+	@echo "Example feedback:   $(EXAMPLES)/feedback/<student>/<notebook>/<notebook>.html"
 	@echo "Book:               $(BOOK_HTML)/index.html"
 
 # The instructor's loop on a course (README.md, Instructors): make collect ZIP=<LMS download>, make grade,

@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 AUTOGRADER = ROOT / "autograder"
 COURSE = ROOT / "build" / "course"  # the nbgrader course folder: source, release, submitted, autograded...
+EXAMPLES_COURSE = ROOT / "build" / "examples"  # the example students' own course folder, never mixed with real ones
 
 
 def source_notebooks():

@@ -23,6 +23,20 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # themselves while NBGRADER_EXECUTION is set, so correct work needs far less.
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
+# After a cell's reply, its last outputs may lag on a loaded machine (nbclient waits 4 s by default, then fails
+# the whole notebook).
+c.Execute.iopub_timeout = 30
+
+# Outputs kept in autograded notebooks and feedback: nbgrader's LimitOutput caps lines and traceback lines, the
+# course's TruncateLongOutputs caps characters per output (a single 200 MB line passes LimitOutput).
+from nbgrader.converters import Autograde  # noqa: E402
+from nbgrader.preprocessors import LimitOutput  # noqa: E402
+
+from autograder.preprocessors import TruncateLongOutputs  # noqa: E402
+
+_pipeline = Autograde.class_traits()["autograde_preprocessors"].default()
+c.Autograde.autograde_preprocessors = (_pipeline[:_pipeline.index(LimitOutput) + 1] + [TruncateLongOutputs]
+                                       + _pipeline[_pipeline.index(LimitOutput) + 1:])
 
 # Feedback (autograder/feedback.py): hidden tests show their names, points and failure messages only; a note
 # while written answers wait for a grader; math from the MathJax copy in <course>/feedback/mathjax/.

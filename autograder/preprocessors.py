@@ -1,0 +1,27 @@
+"""nbgrader preprocessors of the course (nbgrader_config.py adds them to nbgrader's own pipelines)."""
+from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Integer
+
+
+class TruncateLongOutputs(NbGraderPreprocessor):
+    """Cut every output text to `max_characters`, so that a huge print or error message cannot make a huge
+    autograded notebook or feedback page (nbgrader's LimitOutput counts lines: one 200 MB line passes it)."""
+
+    max_characters = Integer(100_000, help="characters kept of each output text (-1: no limit)").tag(config=True)
+
+    def truncated(self, text):
+        if self.max_characters < 0 or len(text) <= self.max_characters:
+            return text
+        return f"{text[:self.max_characters]}\n... Output truncated ({len(text):,} characters) ..."
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        for output in cell.get("outputs", []):
+            if "text" in output:
+                output.text = self.truncated(output.text)
+            for mime, value in output.get("data", {}).items():
+                if isinstance(value, str):
+                    output.data[mime] = self.truncated(value)
+            if "evalue" in output:
+                output.evalue = self.truncated(output.evalue)
+                output.traceback = [self.truncated(line) for line in output.traceback]
+        return cell, resources

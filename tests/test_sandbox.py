@@ -1,0 +1,308 @@
+"""The sandboxed kernel (autograder/sandbox.py): what student code can see, write, reach and use up, driven
+through jupyter_client with nbgrader's options, and one real `nbgrader autograde` of a toy assignment."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.manager import KernelManager
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
+from traitlets.config import Config
+from traitlets.config.loader import KVArgParseConfigLoader
+
+from autograder import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "hunter2-" + uuid.uuid4().hex
+
+try:
+    sandbox.check_available()
+except sandbox.SandboxUnavailable as unavailable:
+    pytest.skip(f"no sandbox on this machine: {unavailable}", allow_module_level=True)
+
+
+class Kernel:
+    """A sandboxed kernel started as nbgrader would start it: from the options nbgrader_launch returns."""
+
+    def __init__(self, tmp_path, limits=sandbox.Limits(), hidden=()):
+        self.state = tmp_path / "state"
+        self.workdir = tmp_path / "work"
+        self.workdir.mkdir()
+        (self.workdir / "helper.py").write_text("VALUE = 7\n")
+        (self.workdir / "notebook.ipynb").write_text("{}")  # nbgrader's notebook, with the hidden tests
+        options, env = sandbox.nbgrader_launch(limits, self.state, [ROOT, *hidden])
+        config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
+        self.manager = KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
+        with pytest.MonkeyPatch.context() as patch:  # env: JUPYTER_PATH, where the kernelspec is
+            for name, value in env.items():
+                patch.setenv(name, value)
+            self.manager.start_kernel(cwd=str(self.workdir))
+        self.client = self.manager.client()
+        self.client.start_channels()
+        self.client.wait_for_ready(timeout=60)
+
+    def run(self, code, timeout=30):
+        """Execute code; return what it printed and the name of the error it raised ('' if none)."""
+        printed, error = [], []
+
+        def collect(message):
+            content = message["content"]
+            if message["msg_type"] == "stream":
+                printed.append(content["text"])
+            if message["msg_type"] == "error":
+                error.append(content["ename"])
+
+        self.client.execute_interactive(code, output_hook=collect, timeout=timeout)
+        return "".join(printed), "".join(error)
+
+    def run_until_it_dies(self, code, timeout=30):
+        """Execute code that should kill the kernel; return whether it died within `timeout` s."""
+        self.client.execute(code)
+        deadline = time.monotonic() + timeout
+        while self.manager.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not self.manager.is_alive()
+
+    def shutdown(self):
+        self.client.stop_channels()
+        self.manager.shutdown_kernel()
+
+    def events(self):
+        return sandbox.kernel_events(self.state)
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    """One kernel shared by the read-only checks, started by a grader with a secret in its environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADER_SECRET", SECRET)
+        started = Kernel(tmp_path_factory.mktemp("shared"))
+    yield started
+    started.shutdown()
+
+
+def test_the_kernel_runs_cells_in_a_scratch_copy_of_its_folder(kernel):
+    printed, error = kernel.run("import helper, os\n"
+                                "open('result.txt', 'w').write('x')\n"
+                                "print(helper.VALUE, sorted(os.listdir('.')))")
+    assert (printed, error) == ("7 ['__pycache__', 'helper.py', 'result.txt']\n", "")
+    assert sorted(path.name for path in kernel.workdir.iterdir()) == ["helper.py", "notebook.ipynb"]
+
+
+@pytest.mark.parametrize("path", [ROOT / "solutions", ROOT / "autograder", ROOT / "tests", ROOT / ".git",
+                                  Path(__file__)])
+def test_hidden_paths_are_invisible(kernel, path):
+    printed, _ = kernel.run(f"import os; print(os.path.exists({str(path)!r}) and os.listdir({str(path)!r}))")
+    assert printed in ("False\n", "[]\n")
+
+
+def test_home_shows_only_the_interpreter(kernel):
+    """$HOME is empty but for the folders the interpreter lives in (with pyenv, ~/.pyenv)."""
+    home = Path.home()
+    needed = {path.relative_to(home).parts[0] for path in map(Path, sandbox.needed_paths())
+              if path.is_relative_to(home)}
+    printed, _ = kernel.run(f"import os; print(sorted(os.listdir({str(home)!r})))")
+    assert printed == f"{sorted(needed)}\n"
+
+
+def test_the_host_tmp_is_invisible(kernel, tmp_path):
+    (tmp_path / "secret.txt").write_text("secret")
+    printed, _ = kernel.run(f"import os; print(os.path.exists({str(tmp_path / 'secret.txt')!r}))")
+    assert printed == "False\n"
+
+
+@pytest.mark.parametrize("path", [ROOT / "solutions" / "x.py", ROOT / ".venv" / "x", Path(sys.prefix) / "x",
+                                  Path("/etc/x"), Path("/x")])
+def test_nothing_outside_the_scratch_copy_is_writable(kernel, path):
+    _, error = kernel.run(f"open({str(path)!r}, 'w')")
+    assert error in ("OSError", "PermissionError", "FileNotFoundError")
+    assert not path.exists()
+
+
+def test_the_interpreter_and_its_packages_still_work(kernel):
+    printed, error = kernel.run("import numpy, sys; print(numpy.arange(3).sum(), sys.executable)")
+    assert (printed, error) == (f"3 {sys.executable}\n", "")
+
+
+def test_no_tcp_connection_reaches_the_host(kernel):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        _, error = kernel.run(f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)")
+    assert error == "ConnectionRefusedError"
+
+
+def test_the_grader_environment_does_not_leak(kernel):
+    """Neither the kernel's environment nor that of any process it can see holds the grader's variables."""
+    printed, _ = kernel.run("import glob, os\n"
+                            "environments = [os.environ.get('JPY_PARENT_PID', 'unset')]\n"
+                            "for path in glob.glob('/proc/[0-9]*/environ'):\n"
+                            "    try:\n"
+                            "        environments.append(open(path, 'rb').read().decode())\n"
+                            "    except OSError:\n"
+                            "        pass\n"
+                            "print(len(environments), environments[0], 'GRADER_SECRET' in ''.join(environments))")
+    count, jpy_parent_pid, leaked = printed.split()
+    assert int(count) >= 3 and jpy_parent_pid == "unset" and leaked == "False"
+
+
+@pytest.mark.skipif(not sandbox.Cgroups.usable("pids") and os.geteuid() == 0,
+                    reason="no pids cgroup, and RLIMIT_NPROC does not bind root")
+def test_a_fork_bomb_hits_the_process_limit(tmp_path):
+    kernel = Kernel(tmp_path, sandbox.Limits(processes=40))
+    printed, _ = kernel.run("import subprocess\n"
+                            "children = []\n"
+                            "try:\n"
+                            "    for _ in range(100):\n"
+                            "        children.append(subprocess.Popen(['sleep', '10']))\n"
+                            "except OSError as error:\n"
+                            "    print(type(error).__name__)\n"
+                            "for child in children:\n"
+                            "    child.kill(), child.wait()")
+    kernel.shutdown()
+    assert printed == "BlockingIOError\n"
+    assert kernel.events() == (["reached the limit of 40 processes"] if sandbox.Cgroups.usable("pids") else [])
+
+
+def test_a_memory_bomb_is_stopped(tmp_path):
+    """A cgroup kills the kernel at its limit, and the events say so; RLIMIT_AS (no cgroup) refuses the memory,
+    at a limit the kernel itself can start under."""
+    cgroup = sandbox.Cgroups.usable("memory")
+    kernel = Kernel(tmp_path, sandbox.Limits(memory_bytes=(300 if cgroup else 1000) * 2**20))
+    try:
+        if cgroup:
+            assert kernel.run_until_it_dies("hog = b'x' * 2 * 10**9")
+        else:
+            assert kernel.run("hog = b'x' * 2 * 10**9")[1] == "MemoryError"
+    finally:
+        kernel.shutdown()
+    assert kernel.events() == (["killed for memory at 300 MiB"] if cgroup else [])
+
+
+def processes_with(argument):
+    """Host processes with that command-line argument."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if argument.encode() in cmdline.read_bytes().split(b"\0"):
+                found.append(cmdline.parent.name)
+        except OSError:
+            pass
+    return found
+
+
+def eventually(condition, timeout=10):
+    """Whether condition() becomes true within `timeout` s (a process just started may not show yet)."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return condition()
+
+
+def kernel_records(kernel):
+    return [json.loads(line) for line in (kernel.state / sandbox.EVENTS_FILE).read_text().splitlines()]
+
+
+def test_a_kernel_leaves_nothing_behind(tmp_path):
+    """What the kernel writes stays inside; after an ordinary shutdown no process it started is left, no event."""
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
+    kernel = Kernel(tmp_path)
+    runtime = kernel.state / "runtime"
+    kernel.run("import subprocess\n"
+               f"children = [subprocess.Popen(['sleep', '{marker}'], start_new_session=True) for _ in range(20)]\n"
+               f"open({str(runtime / 'left.txt')!r}, 'w')")
+    assert eventually(lambda: len(processes_with(marker)) == 20) and not (runtime / "left.txt").exists()
+    kernel.shutdown()
+    assert processes_with(marker) == [] and list(runtime.iterdir()) == []
+    assert kernel.events() == [] and len(kernel_records(kernel)) == 1
+
+
+def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path):
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
+    kernel = Kernel(tmp_path)
+    kernel.run(f"import subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)")
+    kernel.client.execute("while True:\n    pass")
+    kernel.manager.shutdown_wait_time = 1
+    kernel.shutdown()
+    # the supervisor cleans up just after nbgrader's SIGKILL to the launcher
+    assert eventually(lambda: processes_with(marker) == [] and kernel.events())
+    assert kernel.events() == ["kernel did not shut down when asked and was killed"]
+
+
+def test_check_available_says_what_to_do_without_bwrap(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        sandbox.check_available()
+
+
+def test_events_describe_what_happened():
+    limits = {"memory_bytes": 4 * 2**30, "processes": 256, "cpu_seconds": 1200}
+    record = {"limits": limits, "exit_code": 0, "oom_kills": 0, "process_limit_hits": 0, "stopped_by_grader": False}
+    assert sandbox.describe(record) == []
+    assert sandbox.describe({**record, "exit_code": 137, "oom_kills": 1}) == ["killed for memory at 4 GiB"]
+    assert sandbox.describe({**record, "exit_code": 137}) == ["kernel died (killed by SIGKILL)"]
+    assert sandbox.describe({**record, "exit_code": 3}) == ["kernel died (exit code 3)"]
+    assert sandbox.describe({**record, "exit_code": 152}) == ["stopped after 1200 s of CPU time"]
+    assert sandbox.describe({**record, "exit_code": 137, "stopped_by_grader": True}) == [
+        "kernel did not shut down when asked and was killed"]
+
+
+# ---- a real nbgrader autograde of a toy assignment, with the sandbox's options ----
+
+def cell(kind, source, grade_id, **nbgrader):
+    metadata = {"nbgrader": {"grade_id": grade_id, "schema_version": 3, "grade": False, "solution": False,
+                             "locked": False, **nbgrader}}
+    make = nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
+    return make(source, metadata=metadata)
+
+
+def write_notebook(notebook, path):
+    path.parent.mkdir(parents=True)
+    nbformat.write(notebook, path)
+
+
+def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
+    course = tmp_path / "course"
+    source = nbformat.v4.new_notebook(cells=[
+        cell("code", "def answer():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION", "answer",
+             solution=True),
+        cell("code", "assert answer() == 42\n### BEGIN HIDDEN TESTS\nassert answer() != 41\n### END HIDDEN TESTS",
+             "test_answer", grade=True, locked=True, points=1)])
+    source.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    write_notebook(source, course / "source" / "toy" / "toy.ipynb")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # alembic
+    config = Config()
+    config.CourseDirectory.root = str(course)
+    assert NbGraderAPI(config=config).generate_assignment("toy")["success"]
+
+    submission = nbformat.read(course / "release" / "toy" / "toy.ipynb", as_version=4)
+    submission.cells[0].source = (  # the student's answer, plus a look around
+        "import json, os\n"
+        "def answer():\n    return 42\n"
+        f"print(json.dumps({{'cwd': sorted(os.listdir('.')), 'course': os.listdir({str(course)!r}), "
+        f"'grading': os.environ.get('NBGRADER_EXECUTION')}}))")
+    submission.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))  # stopped by the cell timeout
+    write_notebook(submission, course / "submitted" / "alice" / "toy" / "toy.ipynb")
+
+    options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT])
+    subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice",
+                    f"--CourseDirectory.root={course}", "--Execute.timeout=3", *options],
+                   check=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True)
+
+    graded = nbformat.read(course / "autograded" / "alice" / "toy" / "toy.ipynb", as_version=4)
+    seen = json.loads(graded.cells[0].outputs[0].text)
+    # no notebook (it holds the hidden tests); the course empty but for the path to the kernel's scratch folder
+    assert seen == {"cwd": [], "course": ["autograded"], "grading": "autograde"}
+    assert [output.ename for output in graded.cells[1].outputs] == ["KeyboardInterrupt", "CellTimeoutError"]
+    assert graded.cells[2].outputs == []  # the test passed: the kernel lived on after the interrupt
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        assert gradebook.find_submission("toy", "alice").score == 1
+    assert sandbox.kernel_events(tmp_path / "state") == []
