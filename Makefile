@@ -1,5 +1,5 @@
 # The course's commands (see README.md). Each one creates or reuses the virtual environment .venv first.
-#   make course    build the release, autograde the example submissions, export grades and feedback,
+#   make course    build the release, autograde the example submissions (make examples), export grades and feedback,
 #                  build the book, and print a summary
 #   make test      run every test
 #   make release   regenerate the student release, the solution modules and the book pages
@@ -15,7 +15,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade book clean collect formgrader feedback export browser
+.PHONY: course test release grade examples book clean collect formgrader feedback export browser
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,12 +31,16 @@ release: $(VENV)/installed
 	$(BIN)/python -m autograder.release
 
 grade: release
+	$(BIN)/python -m autograder.grade --course $(COURSE)
+
+# The example students of autograder/examples/, in their own course folder: each must score as its file says.
+examples: release
 	$(BIN)/python -m autograder.grade --examples
 
 book: release
 	$(BIN)/jupyter-book build book --path-output build/book --warningiserror --quiet
 
-course: grade book
+course: examples book
 	@echo
 	@echo "Student release:    assignment/ (give students this folder)"
 	@echo "Example grades:     $(EXAMPLES)/grades.csv, report $(EXAMPLES)/grading_report.csv"
