@@ -3,7 +3,6 @@
 
 
 """Part 3 of the course: a character-level GPT (minGPT-style), its training, and fast generation."""
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -133,11 +132,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attention=None):
-        """`attention` replaces self.attn when given (fast generation passes one with a key/value cache)."""
-        if attention is None:
-            attention = self.attn
-        x = x + attention(self.ln_1(x))
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -328,59 +324,80 @@ def sample_text(model, vocabulary, prompt="\n", length=500, **sampling):
     return vocabulary.decode(model.generate(idx, length, **sampling)[0, idx.size(1):])
 
 
-class LayerCache:
-    """The keys and values [B, n_head, T, head_dim] of the positions one attention layer has seen."""
+class KeyValueCache:
+    """The keys and values of every layer, preallocated for a whole block: [n_layer, B, n_head, block_size,
+    head_dim] each. Positions 0 .. length - 1 are filled."""
 
-    def __init__(self):
-        self.keys = self.values = None
+    def __init__(self, config, batch_size, like):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = like.new_empty(shape)  # the dtype and device of `like`
+        self.values = like.new_empty(shape)
+        self.length = 0
 
-    def __len__(self):
-        return 0 if self.keys is None else self.keys.size(2)
-
-    def extend(self, keys, values):
-        """Append the new positions' keys and values; return all of them."""
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=2)
-            values = torch.cat((self.values, values), dim=2)
-        self.keys, self.values = keys, values
-        return keys, values
+    def store(self, layer, keys, values):
+        """Write `layer`'s keys and values [B, n_head, T_new, head_dim] of the next positions; return all the
+        layer's keys and values so far (views, no copies)."""
+        end = self.length + keys.size(2)
+        self.keys[layer, :, :, self.length:end] = keys
+        self.values[layer, :, :, self.length:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
-def cached_attention(attention, x, cache):
-    """CausalSelfAttention `attention` on the new positions x [B, T_new, n_embd], after those in `cache`."""
-    q, k, v = attention.split_heads(x)
-    is_prompt = len(cache) == 0
-    assert is_prompt or q.size(2) == 1, "a filled cache takes one new token at a time"
-    k, v = cache.extend(k, v)
+def linear(layer, x):
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def layer_norm(layer, x):
+    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
+def block_with_cache(block, x, cache, layer):
+    """Block.forward in evaluation mode on the new positions x [B, T_new, n_embd] that follow those in `cache`;
+    stores their keys and values as layer number `layer`."""
+    B, T, C = x.shape
+    attention = block.attn
+    qkv = linear(attention.c_attn, layer_norm(block.ln_1, x))
+    q, k, v = qkv.view(B, T, 3, attention.n_head, C // attention.n_head).permute(2, 0, 3, 1, 4)
+    k, v = cache.store(layer, k, v)
     # The prompt: queries and keys are the same positions, is_causal is exactly the causal mask.
     # One new token: it may see every cached position, no mask.
-    return attention.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=is_prompt))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+    x = x + linear(attention.c_proj, y.transpose(1, 2).reshape(B, T, C))
+    mlp = block.mlp
+    return x + linear(mlp.c_proj, F.gelu(linear(mlp.c_fc, layer_norm(block.ln_2, x))))
 
 
-def forward_with_cache(model, idx, caches):
-    """The last position's logits [B, vocab_size] for the new tokens idx [B, T_new], extending `caches`."""
-    x = model.embed(idx, start=len(caches[0]))
-    for block, cache in zip(model.transformer.h, caches):
-        x = block(x, attention=functools.partial(cached_attention, block.attn, cache=cache))
-    return model.lm_head(model.transformer.ln_f(x[:, -1]))
+def forward_with_cache(model, idx, cache):
+    """The last position's logits [B, vocab_size] for the new tokens idx [B, T_new], extending `cache`."""
+    assert cache.length == 0 or idx.size(1) == 1, "a filled cache takes one new token at a time"
+    transformer = model.transformer
+    positions = transformer.wpe.weight[cache.length:cache.length + idx.size(1)]
+    x = F.embedding(idx, transformer.wte.weight) + positions
+    for layer, block in enumerate(transformer.h):
+        x = block_with_cache(block, x, cache, layer)
+    cache.length += idx.size(1)
+    return F.linear(layer_norm(transformer.ln_f, x[:, -1]), model.lm_head.weight)
 
 
 def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
     """GPT.generate with a key/value cache: the same tokens, each costing one position, not the context."""
     assert not model.training, "call model.eval() first: the cached path has no dropout"
     block_size = model.config.block_size
+    batch_size, prompt_length = idx.shape
+    tokens = idx.new_empty(batch_size, prompt_length + max_new_tokens)
+    tokens[:, :prompt_length] = idx
     with torch.inference_mode():  # no_grad, and less bookkeeping on each of the many small operations
-        caches = [LayerCache() for _ in model.transformer.h]
-        for _ in range(max_new_tokens):
-            if idx.size(1) > block_size:
+        cache = KeyValueCache(model.config, batch_size, like=model.lm_head.weight)
+        for end in range(prompt_length, prompt_length + max_new_tokens):
+            if end > block_size:
                 # Cropped: every kept token moves one position back, the cache no longer applies. Recompute.
-                caches = [LayerCache() for _ in model.transformer.h]
-                new_tokens = idx[:, -block_size:]
+                cache.length = 0
+                new_tokens = tokens[:, end - block_size:end]
             else:
-                new_tokens = idx[:, len(caches[0]):]
-            logits = forward_with_cache(model, new_tokens, caches)
-            idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
-    return idx.clone()  # an ordinary tensor again (autograd refuses inference-mode tensors)
+                new_tokens = tokens[:, cache.length:end]
+            logits = forward_with_cache(model, new_tokens, cache)
+            tokens[:, end:end + 1] = choose_next_token(logits, temperature, do_sample, top_k)
+    return tokens
 
 
 import argparse
