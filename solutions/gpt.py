@@ -403,12 +403,56 @@ def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, 
 import argparse
 import json
 import sys
+from copy import deepcopy
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .course_utils import default_device, seed_everything
+
+
+class FusedCausalSelfAttention(CausalSelfAttention):
+    """The course's attention through PyTorch's fused kernel, scaled_dot_product_attention: the same function
+    (tests/test_gpt.py compares outputs and gradients), but without the [B, n_head, T, T] scores, mask and
+    weights as separate tensors in memory, and without their memory traffic in the forward and backward passes."""
+
+    def forward(self, x):
+        q, k, v = self.split_heads(x)
+        dropout = self.attn_dropout.p if self.training else 0.0
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
+
+
+def use_fused_attention(model):
+    """Switch every attention layer of `model` to FusedCausalSelfAttention in place: the same parameters and
+    state dict (checkpoints still load into a plain GPT), and no random numbers drawn."""
+    for block in model.transformer.h:
+        block.attn.__class__ = FusedCausalSelfAttention
+    return model
+
+
+def warm_up(model, data, config, steps=3):
+    """A few training steps on a copy of `model`, then forgotten, so that the timed run does not count the
+    one-time costs of a process's first steps (oneDNN choosing and building its kernels for each shape, memory
+    touched for the first time). The random number generators are restored: the run is the same without it."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng():
+        copy = deepcopy(model)
+        optimizer = configure_optimizer(copy, config.learning_rate, config.weight_decay, config.betas)
+        for _ in range(steps):
+            inputs, targets = get_batch(data, model.config.block_size, config.batch_size, device)
+            train_step(copy, optimizer, inputs, targets, config.grad_clip)
+
+
+def interval_timings(evaluated_at, train_seconds):
+    """Seconds per iteration of the first evaluation interval, and the median of the later ones (None if there
+    are none): the cumulative training seconds `train_seconds` were read at the iterations `evaluated_at`."""
+    starts = [0] + evaluated_at[:-1]
+    previous = [0.0] + train_seconds[:-1]
+    per_iteration = [(seconds - before) / (end - start)
+                     for start, end, seconds, before in zip(starts, evaluated_at, train_seconds, previous)]
+    later = sorted(per_iteration[1:])
+    return per_iteration[0], later[len(later) // 2] if later else None
 
 
 def parse_args(argv=None):
@@ -441,6 +485,8 @@ def parse_args(argv=None):
     training.add_argument("--sample-length", type=int, default=300, help="characters sampled at each evaluation")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--device", help="cpu, cuda, ... (default: a GPU if there is one)")
+    training.add_argument("--course-attention", action="store_true",
+                          help="train with the notebook's explicit attention instead of the fused kernel")
     return parser.parse_args(argv)
 
 
@@ -455,11 +501,15 @@ def main(argv=None):
     train_config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
     train_config.betas = tuple(train_config.betas)
     model = GPT(model_config).to(device)
+    if not args.course_attention:
+        use_fused_attention(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = []
+    train_seconds_at_evaluations = []
 
     def after_evaluation(iteration, history):
+        train_seconds_at_evaluations.append(history["train_seconds"])
         text = sample_text(model, vocabulary, length=args.sample_length, do_sample=True, top_k=20)
         samples.append({"iteration": iteration, "val_loss": history["val_loss"][-1], "text": text})
         tqdm.write(f"--- iteration {iteration}, validation loss {history['val_loss'][-1]:.4f} ---\n{text}")
@@ -468,8 +518,12 @@ def main(argv=None):
         model.train()
 
     started = time.perf_counter()
-    history = train(model, train_data, val_data, train_config, after_evaluation)
+    # bfloat16 matrix products on a GPU (the parameters, optimizer and loss stay float32); CPUs keep float32.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        warm_up(model, train_data, train_config)
+        history = train(model, train_data, val_data, train_config, after_evaluation)
     seconds_per_iteration = history["train_seconds"] / train_config.max_iters
+    first_interval, steady = interval_timings(history["iteration"], train_seconds_at_evaluations)
     metrics = {
         "command": "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": str(device),
@@ -480,8 +534,11 @@ def main(argv=None):
         "final_train_loss": history["train_loss"][-1],
         "final_val_loss": history["val_loss"][-1],
         "wall_seconds": time.perf_counter() - started,
+        "attention": "course" if args.course_attention else "fused",
         "seconds_per_iteration": seconds_per_iteration,
-        "tokens_per_second": train_config.batch_size * model_config.block_size / seconds_per_iteration,
+        "first_interval_seconds_per_iteration": first_interval,
+        "steady_seconds_per_iteration": steady,
+        "tokens_per_second": train_config.batch_size * model_config.block_size / (steady or seconds_per_iteration),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
@@ -489,8 +546,10 @@ def main(argv=None):
         "".join(f"--- iteration {s['iteration']}, validation loss {s['val_loss']:.4f} ---\n{s['text']}\n"
                 for s in samples), encoding="utf-8")
     plot_losses(history).savefig(out / "losses.png", dpi=100)
-    print(f"validation loss {metrics['final_val_loss']:.4f}, {seconds_per_iteration:.4f} s per iteration, "
-          f"{metrics['tokens_per_second']:.0f} tokens/s, {metrics['wall_seconds']:.0f} s in all; wrote {out}/")
+    steady_text = "" if steady is None else f"{steady:.4f} s per iteration later (median), "
+    print(f"validation loss {metrics['final_val_loss']:.4f}; {first_interval:.4f} s per iteration over the first "
+          f"{history['iteration'][0]} iterations, {steady_text}{metrics['tokens_per_second']:.0f} tokens/s, "
+          f"{metrics['wall_seconds']:.0f} s in all; wrote {out}/")
 
 
 if __name__ == "__main__":
