@@ -330,25 +330,27 @@ class KeyValueCache:
 
     def __init__(self, config, batch_size, like):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.keys = like.new_empty(shape)  # the dtype and device of `like`
-        self.values = like.new_empty(shape)
+        self.keys = like.new_empty(shape).unbind(0)  # one view per layer; the dtype and device of `like`
+        self.values = like.new_empty(shape).unbind(0)
         self.length = 0
 
     def store(self, layer, keys, values):
         """Write `layer`'s keys and values [B, n_head, T_new, head_dim] of the next positions; return all the
         layer's keys and values so far (views, no copies)."""
-        end = self.length + keys.size(2)
-        self.keys[layer, :, :, self.length:end] = keys
-        self.values[layer, :, :, self.length:end] = values
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        new_positions = keys.size(2)
+        self.keys[layer].narrow(2, self.length, new_positions).copy_(keys)
+        self.values[layer].narrow(2, self.length, new_positions).copy_(values)
+        end = self.length + new_positions
+        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
 
 
+# The layers' functional forms, called directly (torch.layer_norm skips F.layer_norm's Python checks).
 def linear(layer, x):
     return F.linear(x, layer.weight, layer.bias)
 
 
 def layer_norm(layer, x):
-    return F.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+    return torch.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
 
 
 def block_with_cache(block, x, cache, layer):
@@ -372,7 +374,7 @@ def forward_with_cache(model, idx, cache):
     assert cache.length == 0 or idx.size(1) == 1, "a filled cache takes one new token at a time"
     transformer = model.transformer
     positions = transformer.wpe.weight[cache.length:cache.length + idx.size(1)]
-    x = F.embedding(idx, transformer.wte.weight) + positions
+    x = torch.embedding(transformer.wte.weight, idx) + positions
     for layer, block in enumerate(transformer.h):
         x = block_with_cache(block, x, cache, layer)
     cache.length += idx.size(1)
