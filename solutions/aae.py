@@ -294,10 +294,30 @@ def plot_latent_space(codes, labels, title="latent space"):
 
 import argparse
 import json
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
 from .course_utils import DataNotFoundError, data_root
+
+
+def warm_up(config, device, steps=3):
+    """A few training steps of a throwaway AAE on random images, so that the first epoch does not count the
+    one-time costs of a process's first steps (oneDNN choosing and building its convolution kernels for each
+    shape, memory touched for the first time). The random number generators are restored: the run is the same
+    without it."""
+    with torch.random.fork_rng():
+        model = AdversarialAE(config.z_dim).to(device)
+        optimizer_ae, optimizer_disc = make_optimizers(model, config.ae_lr, config.disc_lr, config.disc_optimizer)
+        images = torch.rand(config.batch_size, 1, 28, 28, device=device) * 2 - 1
+        train_aae(model, [(images, None)] * steps, optimizer_ae, optimizer_disc, config.lambda_)
+
+
+def timings(history):
+    """The first epoch's seconds and the median of the later ones (None after a single epoch)."""
+    seconds = [row["seconds"] for row in history]
+    return {"first_epoch_seconds": seconds[0],
+            "steady_seconds_per_epoch": statistics.median(seconds[1:]) if len(seconds) > 1 else None}
 
 
 def save_figure(figure, path):
@@ -333,14 +353,17 @@ def main(argv=None):
     config = AAEConfig(**{key: value for key, value in vars(args).items() if key in AAEConfig.__dataclass_fields__})
 
     data_dir = data_root(args.data_dir)
+    device = torch.device(args.device) if args.device else default_device()
+    warm_up(config, device)
     try:
-        model, history, samples = train(config, data_dir=data_dir, device=args.device)
+        model, history, samples = train(config, data_dir=data_dir, device=device)
     except DataNotFoundError as error:
         raise SystemExit(f"error: {error}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"config": asdict(config), "history": history}, indent=1))
+    timing = timings(history)
+    (out / "metrics.json").write_text(json.dumps({"config": asdict(config), **timing, "history": history}, indent=1))
     save_figure(plot_history(history), out / "losses.png")
     for epoch, images in samples.items():
         save_figure(show_grid(images, f"samples after {epoch} epochs"), out / f"samples_epoch_{epoch:03d}.png")
@@ -351,7 +374,9 @@ def main(argv=None):
     if config.z_dim == 2:
         save_figure(plot_latent_space(*encode(model, test_loader), f"latent space, lambda {config.lambda_}"),
                     out / "latent_space.png")
-    print(f"wrote metrics and figures to {out}")
+    steady = timing["steady_seconds_per_epoch"]
+    print(f"first epoch {timing['first_epoch_seconds']:.1f} s" + ("" if steady is None else
+          f", later epochs {steady:.1f} s (median)") + f"; wrote metrics and figures to {out}")
 
 
 if __name__ == "__main__":

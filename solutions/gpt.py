@@ -3,7 +3,6 @@
 
 
 """Part 3 of the course: a character-level GPT (minGPT-style), its training, and fast generation."""
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -133,11 +132,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, attention=None):
-        """`attention` replaces self.attn when given (fast generation passes one with a key/value cache)."""
-        if attention is None:
-            attention = self.attn
-        x = x + attention(self.ln_1(x))
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -328,70 +324,137 @@ def sample_text(model, vocabulary, prompt="\n", length=500, **sampling):
     return vocabulary.decode(model.generate(idx, length, **sampling)[0, idx.size(1):])
 
 
-class LayerCache:
-    """The keys and values [B, n_head, T, head_dim] of the positions one attention layer has seen."""
+class KeyValueCache:
+    """The keys and values of every layer, preallocated for a whole block: [n_layer, B, n_head, block_size,
+    head_dim] each. Positions 0 .. length - 1 are filled."""
 
-    def __init__(self):
-        self.keys = self.values = None
+    def __init__(self, config, batch_size, like):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = like.new_empty(shape).unbind(0)  # one view per layer; the dtype and device of `like`
+        self.values = like.new_empty(shape).unbind(0)
+        self.length = 0
 
-    def __len__(self):
-        return 0 if self.keys is None else self.keys.size(2)
-
-    def extend(self, keys, values):
-        """Append the new positions' keys and values; return all of them."""
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=2)
-            values = torch.cat((self.values, values), dim=2)
-        self.keys, self.values = keys, values
-        return keys, values
+    def store(self, layer, keys, values):
+        """Write `layer`'s keys and values [B, n_head, T_new, head_dim] of the next positions; return all the
+        layer's keys and values so far (views, no copies)."""
+        new_positions = keys.size(2)
+        self.keys[layer].narrow(2, self.length, new_positions).copy_(keys)
+        self.values[layer].narrow(2, self.length, new_positions).copy_(values)
+        end = self.length + new_positions
+        return self.keys[layer].narrow(2, 0, end), self.values[layer].narrow(2, 0, end)
 
 
-def cached_attention(attention, x, cache):
-    """CausalSelfAttention `attention` on the new positions x [B, T_new, n_embd], after those in `cache`."""
-    q, k, v = attention.split_heads(x)
-    is_prompt = len(cache) == 0
-    assert is_prompt or q.size(2) == 1, "a filled cache takes one new token at a time"
-    k, v = cache.extend(k, v)
+# The layers' functional forms, called directly (torch.layer_norm skips F.layer_norm's Python checks).
+def linear(layer, x):
+    return F.linear(x, layer.weight, layer.bias)
+
+
+def layer_norm(layer, x):
+    return torch.layer_norm(x, layer.normalized_shape, layer.weight, layer.bias, layer.eps)
+
+
+def block_with_cache(block, x, cache, layer):
+    """Block.forward in evaluation mode on the new positions x [B, T_new, n_embd] that follow those in `cache`;
+    stores their keys and values as layer number `layer`."""
+    B, T, C = x.shape
+    attention = block.attn
+    qkv = linear(attention.c_attn, layer_norm(block.ln_1, x))
+    q, k, v = qkv.view(B, T, 3, attention.n_head, C // attention.n_head).permute(2, 0, 3, 1, 4)
+    k, v = cache.store(layer, k, v)
     # The prompt: queries and keys are the same positions, is_causal is exactly the causal mask.
     # One new token: it may see every cached position, no mask.
-    return attention.merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=is_prompt))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+    x = x + linear(attention.c_proj, y.transpose(1, 2).reshape(B, T, C))
+    mlp = block.mlp
+    return x + linear(mlp.c_proj, F.gelu(linear(mlp.c_fc, layer_norm(block.ln_2, x))))
 
 
-def forward_with_cache(model, idx, caches):
-    """The last position's logits [B, vocab_size] for the new tokens idx [B, T_new], extending `caches`."""
-    x = model.embed(idx, start=len(caches[0]))
-    for block, cache in zip(model.transformer.h, caches):
-        x = block(x, attention=functools.partial(cached_attention, block.attn, cache=cache))
-    return model.lm_head(model.transformer.ln_f(x[:, -1]))
+def forward_with_cache(model, idx, cache):
+    """The last position's logits [B, vocab_size] for the new tokens idx [B, T_new], extending `cache`."""
+    assert cache.length == 0 or idx.size(1) == 1, "a filled cache takes one new token at a time"
+    transformer = model.transformer
+    positions = transformer.wpe.weight[cache.length:cache.length + idx.size(1)]
+    x = torch.embedding(transformer.wte.weight, idx) + positions
+    for layer, block in enumerate(transformer.h):
+        x = block_with_cache(block, x, cache, layer)
+    cache.length += idx.size(1)
+    return F.linear(layer_norm(transformer.ln_f, x[:, -1]), model.lm_head.weight)
 
 
 def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
     """GPT.generate with a key/value cache: the same tokens, each costing one position, not the context."""
     assert not model.training, "call model.eval() first: the cached path has no dropout"
     block_size = model.config.block_size
+    batch_size, prompt_length = idx.shape
+    tokens = idx.new_empty(batch_size, prompt_length + max_new_tokens)
+    tokens[:, :prompt_length] = idx
     with torch.inference_mode():  # no_grad, and less bookkeeping on each of the many small operations
-        caches = [LayerCache() for _ in model.transformer.h]
-        for _ in range(max_new_tokens):
-            if idx.size(1) > block_size:
+        cache = KeyValueCache(model.config, batch_size, like=model.lm_head.weight)
+        for end in range(prompt_length, prompt_length + max_new_tokens):
+            if end > block_size:
                 # Cropped: every kept token moves one position back, the cache no longer applies. Recompute.
-                caches = [LayerCache() for _ in model.transformer.h]
-                new_tokens = idx[:, -block_size:]
+                cache.length = 0
+                new_tokens = tokens[:, end - block_size:end]
             else:
-                new_tokens = idx[:, len(caches[0]):]
-            logits = forward_with_cache(model, new_tokens, caches)
-            idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
-    return idx.clone()  # an ordinary tensor again (autograd refuses inference-mode tensors)
+                new_tokens = tokens[:, cache.length:end]
+            logits = forward_with_cache(model, new_tokens, cache)
+            tokens[:, end:end + 1] = choose_next_token(logits, temperature, do_sample, top_k)
+    return tokens
 
 
 import argparse
 import json
 import sys
+from copy import deepcopy
 from dataclasses import asdict, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .course_utils import default_device, seed_everything
+
+
+class FusedCausalSelfAttention(CausalSelfAttention):
+    """The course's attention through PyTorch's fused kernel, scaled_dot_product_attention: the same function
+    (tests/test_gpt.py compares outputs and gradients), but without the [B, n_head, T, T] scores, mask and
+    weights as separate tensors in memory, and without their memory traffic in the forward and backward passes."""
+
+    def forward(self, x):
+        q, k, v = self.split_heads(x)
+        dropout = self.attn_dropout.p if self.training else 0.0
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
+
+
+def use_fused_attention(model):
+    """Switch every attention layer of `model` to FusedCausalSelfAttention in place: the same parameters and
+    state dict (checkpoints still load into a plain GPT), and no random numbers drawn."""
+    for block in model.transformer.h:
+        block.attn.__class__ = FusedCausalSelfAttention
+    return model
+
+
+def warm_up(model, data, config, steps=3):
+    """A few training steps on a copy of `model`, then forgotten, so that the timed run does not count the
+    one-time costs of a process's first steps (oneDNN choosing and building its kernels for each shape, memory
+    touched for the first time). The random number generators are restored: the run is the same without it."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng():
+        copy = deepcopy(model)
+        optimizer = configure_optimizer(copy, config.learning_rate, config.weight_decay, config.betas)
+        for _ in range(steps):
+            inputs, targets = get_batch(data, model.config.block_size, config.batch_size, device)
+            train_step(copy, optimizer, inputs, targets, config.grad_clip)
+
+
+def interval_timings(evaluated_at, train_seconds):
+    """Seconds per iteration of the first evaluation interval, and the median of the later ones (None if there
+    are none): the cumulative training seconds `train_seconds` were read at the iterations `evaluated_at`."""
+    starts = [0] + evaluated_at[:-1]
+    previous = [0.0] + train_seconds[:-1]
+    per_iteration = [(seconds - before) / (end - start)
+                     for start, end, seconds, before in zip(starts, evaluated_at, train_seconds, previous)]
+    later = sorted(per_iteration[1:])
+    return per_iteration[0], later[len(later) // 2] if later else None
 
 
 def parse_args(argv=None):
@@ -424,6 +487,8 @@ def parse_args(argv=None):
     training.add_argument("--sample-length", type=int, default=300, help="characters sampled at each evaluation")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--device", help="cpu, cuda, ... (default: a GPU if there is one)")
+    training.add_argument("--course-attention", action="store_true",
+                          help="train with the notebook's explicit attention instead of the fused kernel")
     return parser.parse_args(argv)
 
 
@@ -438,11 +503,15 @@ def main(argv=None):
     train_config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
     train_config.betas = tuple(train_config.betas)
     model = GPT(model_config).to(device)
+    if not args.course_attention:
+        use_fused_attention(model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = []
+    train_seconds_at_evaluations = []
 
     def after_evaluation(iteration, history):
+        train_seconds_at_evaluations.append(history["train_seconds"])
         text = sample_text(model, vocabulary, length=args.sample_length, do_sample=True, top_k=20)
         samples.append({"iteration": iteration, "val_loss": history["val_loss"][-1], "text": text})
         tqdm.write(f"--- iteration {iteration}, validation loss {history['val_loss'][-1]:.4f} ---\n{text}")
@@ -451,8 +520,12 @@ def main(argv=None):
         model.train()
 
     started = time.perf_counter()
-    history = train(model, train_data, val_data, train_config, after_evaluation)
+    # bfloat16 matrix products on a GPU (the parameters, optimizer and loss stay float32); CPUs keep float32.
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        warm_up(model, train_data, train_config)
+        history = train(model, train_data, val_data, train_config, after_evaluation)
     seconds_per_iteration = history["train_seconds"] / train_config.max_iters
+    first_interval, steady = interval_timings(history["iteration"], train_seconds_at_evaluations)
     metrics = {
         "command": "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": str(device),
@@ -463,8 +536,11 @@ def main(argv=None):
         "final_train_loss": history["train_loss"][-1],
         "final_val_loss": history["val_loss"][-1],
         "wall_seconds": time.perf_counter() - started,
+        "attention": "course" if args.course_attention else "fused",
         "seconds_per_iteration": seconds_per_iteration,
-        "tokens_per_second": train_config.batch_size * model_config.block_size / seconds_per_iteration,
+        "first_interval_seconds_per_iteration": first_interval,
+        "steady_seconds_per_iteration": steady,
+        "tokens_per_second": train_config.batch_size * model_config.block_size / (steady or seconds_per_iteration),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
@@ -472,8 +548,10 @@ def main(argv=None):
         "".join(f"--- iteration {s['iteration']}, validation loss {s['val_loss']:.4f} ---\n{s['text']}\n"
                 for s in samples), encoding="utf-8")
     plot_losses(history).savefig(out / "losses.png", dpi=100)
-    print(f"validation loss {metrics['final_val_loss']:.4f}, {seconds_per_iteration:.4f} s per iteration, "
-          f"{metrics['tokens_per_second']:.0f} tokens/s, {metrics['wall_seconds']:.0f} s in all; wrote {out}/")
+    steady_text = "" if steady is None else f"{steady:.4f} s per iteration later (median), "
+    print(f"validation loss {metrics['final_val_loss']:.4f}; {first_interval:.4f} s per iteration over the first "
+          f"{history['iteration'][0]} iterations, {steady_text}{metrics['tokens_per_second']:.0f} tokens/s, "
+          f"{metrics['wall_seconds']:.0f} s in all; wrote {out}/")
 
 
 if __name__ == "__main__":

@@ -353,6 +353,7 @@ def visualize_manifold(decoder, grid_size=20):
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from torchvision.utils import save_image
@@ -397,14 +398,42 @@ def save_results(out, model, metrics, samples):
     plt.close("all")
 
 
+def warm_up(config, device, steps=3):
+    """A few training steps of a throwaway VAE on random images, so that the first epoch does not count the
+    one-time costs of a process's first steps (oneDNN choosing and building its convolution kernels for each
+    shape, memory touched for the first time). The random number generators are restored: the run is the same
+    without it."""
+    with torch.random.fork_rng():
+        model = VAE(config.num_filters, config.z_dim, config.lr).to(device)
+        optimizer = make_optimizer(model)
+        imgs = torch.randint(NUM_LEVELS, (config.batch_size, 1, 28, 28), device=device)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model(imgs)[2].backward()
+            optimizer.step()
+
+
+def add_timings(metrics):
+    """The first epoch's training seconds and the median of the later ones (None after a single epoch)."""
+    seconds = metrics["seconds_per_epoch"]
+    metrics["first_epoch_seconds"] = seconds[0]
+    metrics["steady_seconds_per_epoch"] = statistics.median(seconds[1:]) if len(seconds) > 1 else None
+
+
 def main(argv=None):
     config, out, device = parse_config(argv)
+    device = torch.device(device) if device else course_utils.default_device()
+    warm_up(config, device)
     try:
-        model, metrics, samples = fit(config, torch.device(device) if device else None)
+        model, metrics, samples = fit(config, device)
     except course_utils.DataNotFoundError as error:
         raise SystemExit(f"error: {error}")
+    add_timings(metrics)
     save_results(out, model, metrics, samples)
-    print(f"final test bpd {metrics['test_bpd'][-1]:.4f}; results in {out}/")
+    steady = metrics["steady_seconds_per_epoch"]
+    print(f"final test bpd {metrics['test_bpd'][-1]:.4f}; training took {metrics['first_epoch_seconds']:.1f} s "
+          f"for the first epoch" + ("" if steady is None else f", {steady:.1f} s per later epoch (median)")
+          + f"; results in {out}/")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Tests of the Part 3 module solutions.gpt (exported from solutions/part3_gpt.md by `make release`): the
-command-line trainer, and generation with a key/value cache against the plain loop."""
+command-line trainer and its fused attention, and generation with a key/value cache against the plain loop."""
+import copy
 import json
 import math
 import subprocess
@@ -53,7 +54,35 @@ def test_tiny_training_run(tmp_path):
     vocabulary_size = metrics["model_config"]["vocab_size"]
     assert vocabulary_size == len(set(text.read_text(encoding="utf-8")))
     assert metrics["history"]["iteration"] == [30, 60]
+    assert metrics["attention"] == "fused"
+    assert metrics["first_interval_seconds_per_iteration"] > 0 and metrics["steady_seconds_per_iteration"] > 0
     assert metrics["final_val_loss"] < math.log(vocabulary_size) - 0.5, "the loss must fall below a uniform guess"
+
+
+def test_fused_attention_equals_the_course_attention_outputs_and_gradients():
+    torch.manual_seed(0)
+    config = gpt.GPTConfig(vocab_size=VOCAB_SIZE, block_size=BLOCK_SIZE, n_head=4, n_embd=32, dropout=0.0)
+    course = gpt.CausalSelfAttention(config).double()
+    fused = gpt.FusedCausalSelfAttention(config).double()
+    fused.load_state_dict(course.state_dict())
+    x = torch.randn(3, BLOCK_SIZE - 1, 32, dtype=torch.float64, requires_grad=True)  # shorter than the block
+    outputs, gradients = [], []
+    for layer in (course, fused):
+        y = layer(x)
+        outputs.append(y)
+        gradients.append(torch.autograd.grad((y * torch.arange(y.numel()).view_as(y)).sum(),
+                                             [x, *layer.parameters()]))
+    assert torch.allclose(*outputs, atol=1e-12)
+    for course_gradient, fused_gradient in zip(*gradients):
+        assert torch.allclose(course_gradient, fused_gradient, atol=1e-10)
+
+
+def test_use_fused_attention_keeps_the_model(model):
+    fused = gpt.use_fused_attention(copy.deepcopy(model))
+    assert all(isinstance(block.attn, gpt.FusedCausalSelfAttention) for block in fused.transformer.h)
+    assert fused.state_dict().keys() == model.state_dict().keys()  # checkpoints load into a plain GPT
+    idx = prompt(BLOCK_SIZE)
+    assert torch.allclose(fused(idx), model(idx), atol=1e-10)
 
 
 @pytest.mark.parametrize("prompt_length", [1, 5])
