@@ -3,6 +3,7 @@
 #                  build the book, and print a summary
 #   make test      run every test
 #   make release   regenerate the student release, the solution modules and the book pages
+#   make mutants   mutation testing of the course's tests (every mutant of every exercise)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade book clean
+.PHONY: course test release grade book mutants clean
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,9 @@ course: grade book
 	@echo "Grades:             $(COURSE)/grades.csv"
 	@echo "Feedback:           $(COURSE)/feedback/<student>/<notebook>/<notebook>.html"
 	@echo "Book:               $(BOOK_HTML)/index.html"
+
+mutants: $(VENV)/installed
+	$(BIN)/python -m autograder.mutants part1_vae part2_aae part3_gpt
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest

@@ -80,6 +80,11 @@ class SourceText:
     def text(self, node):
         return self.source[self.start(node):self.end(node)]
 
+    def operand(self, node):
+        """The node's text, in parentheses where it stands in for a bigger expression: (x - y).abs() -> (x - y)."""
+        compound = isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp, ast.Lambda))
+        return f"({self.text(node)})" if compound else self.text(node)
+
 
 def solution_lines(cell_source):
     """The marker-free cell's source and the set of its line numbers (1-based) inside solution regions."""
@@ -131,7 +136,7 @@ class Mutator(ast.NodeVisitor):
         if symbol:
             self.swap_symbol(node.left, node.right, symbol, other, "arithmetic operator")
         for operand in (node.left, node.right):  # std * epsilon -> epsilon
-            self.replace(node, self.text.text(operand), "operand dropped")
+            self.replace(node, self.text.operand(operand), "operand dropped")
 
     def mutate_Compare(self, node):
         left = node.left
@@ -153,7 +158,7 @@ class Mutator(ast.NodeVisitor):
             self.signed.add(id(node.operand))  # mutated here as a whole: -1 -> 0, -2
             self.constant(node, -node.operand.value)
         elif isinstance(node.op, (ast.USub, ast.Not)):
-            self.replace(node, self.text.text(node.operand), "sign or negation removed")
+            self.replace(node, self.text.operand(node.operand), "sign or negation removed")
 
     # constants
     def mutate_Constant(self, node):
@@ -185,9 +190,9 @@ class Mutator(ast.NodeVisitor):
         if isinstance(node.func, ast.Name) and node.func.id in SWAPS:  # a function or class by its bare name
             self.replace(node.func, SWAPS[node.func.id], "name swapped")
         if isinstance(node.func, ast.Attribute) and not is_module(node.func.value):  # x.detach() -> x
-            self.replace(node, self.text.text(node.func.value), f"call .{node.func.attr}() removed")
+            self.replace(node, self.text.operand(node.func.value), f"call .{node.func.attr}() removed")
         if len(node.args) == 1 and not node.keywords and not isinstance(node.args[0], ast.Starred):
-            self.replace(node, self.text.text(node.args[0]), "call removed")  # torch.exp(s) -> s
+            self.replace(node, self.text.operand(node.args[0]), "call removed")  # torch.exp(s) -> s
         if len(node.args) >= 2 and not any(isinstance(a, ast.Starred) for a in node.args[:2]):
             first, second = node.args[:2]
             self.edit(self.text.start(first), self.text.end(second),
