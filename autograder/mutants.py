@@ -19,7 +19,9 @@ The last line is `mutation score: K/N killed (E equivalent)`.
 """
 import argparse
 import ast
+import contextlib
 import difflib
+import io
 import json
 import os
 import signal
@@ -31,9 +33,9 @@ from pathlib import Path
 import yaml
 
 from . import notebooks
+from .examples import EXAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = Path(__file__).resolve().parent / "examples"
 TIME_LIMIT = 30  # seconds for one mutant (solution and tests); a mutant that runs longer counts as killed
 
 # Names a slip of the pen turns into one another (attributes, functions, classes): reductions, activations,
@@ -310,7 +312,9 @@ def exercises_of(cells):
 
 
 def run_cell(source, name, namespace):
-    exec(compile(source, f"<cell {name}>", "exec"), namespace)
+    """Run a cell's code in the notebook's namespace; what it prints is not part of the report."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(source, f"<cell {name}>", "exec"), namespace)
 
 
 def cell_name(cell, index):
@@ -318,19 +322,17 @@ def cell_name(cell, index):
 
 
 def run_mutant(cells, exercise, mutant, namespace):
-    """In the forked child: the mutated solution, then the cells up to the last test; which tests fail."""
+    """In the forked child: the mutated solution, then the cells up to the last test; {test: why it failed}."""
     failed = {}
-    last = exercise.tests[-1][0]
     tests = dict(exercise.tests)
-    for index in range(exercise.cell_index, last + 1):
+    for index in range(exercise.cell_index, exercise.tests[-1][0] + 1):
         source = mutant.source if index == exercise.cell_index else cell_code(cells[index])
         try:
             run_cell(source, cell_name(cells[index], index), namespace)
         except BaseException as error:  # a mutant may raise anything; it is a result, not a crash
             if index in tests:
-                failed[tests[index]] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
-            elif index == exercise.cell_index:
-                failed["(solution cell)"] = f"{type(error).__name__}: {error}"[:200]
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                failed[tests[index]] = f"{type(error).__name__}: {first_line}"[:200]
     return failed
 
 

@@ -39,7 +39,8 @@ def test_every_exercise_kills_its_mutants(scores, notebook):
            if counts["killed"] < FLOOR * counts["counted"]}
     survivors = "\n".join(f"{exercise}: {counts['killed']}/{counts['counted']} killed; survivors:\n" + "\n".join(
         counts["survivors"]) for exercise, counts in low.items())
-    assert not low, f"mutation score below {FLOOR:.0%} (review with python -m autograder.mutants {notebook}):\n{survivors}"
+    assert not low, \
+        f"mutation score below {FLOOR:.0%} (review with python -m autograder.mutants {notebook}):\n{survivors}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
