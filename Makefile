@@ -3,6 +3,7 @@
 #                  build the book, and print a summary
 #   make test      run every test
 #   make release   regenerate the student release, the solution modules and the book pages
+#   make mutants   mutation testing of the course's tests (every mutant of every exercise)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ ifneq ($(wildcard ../shared/data),)
 export DGM_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: course test release grade examples book clean collect formgrader feedback export browser
+.PHONY: course test release grade examples book mutants clean collect formgrader feedback export browser
 
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,10 @@ feedback: $(VENV)/installed
 
 export: $(VENV)/installed
 	$(BIN)/python -m autograder.export --course $(COURSE)
+
+# Mutation testing of the course's own tests (autograder/mutants.py): how many wrong solutions they catch.
+mutants: $(VENV)/installed
+	$(BIN)/python -m autograder.mutants part1_vae part2_aae part3_gpt
 
 test: $(VENV)/installed browser
 	$(BIN)/python -m pytest
