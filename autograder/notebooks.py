@@ -49,12 +49,15 @@ def without_solution_markers(source):
 
 
 def nbgrader_metadata(cell):
-    """nbgrader's metadata for a source cell's role (solution, tests, answer), or None for a plain cell."""
+    """nbgrader's metadata for a source cell's role (solution, tests, answer, locked), or None for a plain cell.
+
+    A locked cell is nbgrader's read-only cell: code the tests rely on (stand-ins), which autograding restores
+    from the source whatever the student did to it."""
     role = cell.metadata.get("role")
     if role is None:
         return None
-    if role not in ("solution", "tests", "answer"):
-        raise ValueError(f"cell {cell.id}: unknown role {role!r} (solution, tests or answer)")
+    if role not in ("solution", "tests", "answer", "locked"):
+        raise ValueError(f"cell {cell.id}: unknown role {role!r} (solution, tests, answer or locked)")
     if grade_id(cell) is None:
         raise ValueError(f"cell {cell.id}: a {role} cell needs a grade_id")
     graded = role in ("tests", "answer")
@@ -63,7 +66,7 @@ def nbgrader_metadata(cell):
     metadata = {
         "grade": graded,
         "grade_id": grade_id(cell),
-        "locked": role == "tests",
+        "locked": role in ("tests", "locked"),
         "schema_version": NBGRADER_SCHEMA_VERSION,
         "solution": role in ("solution", "answer"),
         "task": False,

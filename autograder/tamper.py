@@ -319,17 +319,20 @@ def set_custom_exc_codes(shell, course_utils):
 
     wrapper = nested(type(shell).set_custom_exc, "wrapped") if shell is not None else None
     course = nested(course_utils.explain_unfinished_exercises, "explain") if course_utils is not None else None
-    return {"wrapped": wrapper, "course": course,
+    # The exceptions the course's handler reports (course_utils.explain_unfinished_exercises).
+    handled = (NotImplementedError, getattr(course_utils, "NotReadyError", None))
+    return {"wrapped": wrapper, "course": course, "course_handled": tuple(kind for kind in handled if kind),
             "course_globals": vars(course_utils) if course_utils is not None else None}
 
 
 def describe_custom_exc(shell, codes):
-    """'course' when the custom exception handler is the course's own (NotImplementedError only), else what it is."""
+    """'course' when the custom exception handler is the course's own (for the exceptions it handles), else what it
+    is."""
     handled = shell.custom_exceptions
     handler = getattr(shell.CustomTB, "__func__", None)
     inner = [cell.cell_contents for cell in (getattr(handler, "__closure__", None) or ())
              if callable(getattr(cell, "cell_contents", None))]
-    if (handled == (NotImplementedError,) and getattr(handler, "__code__", None) is codes["wrapped"]
+    if (handled == codes["course_handled"] and getattr(handler, "__code__", None) is codes["wrapped"]
             and getattr(shell.CustomTB, "__self__", None) is shell and codes["course"] is not None
             and any(getattr(f, "__code__", None) is codes["course"]
                     and getattr(f, "__globals__", None) is codes["course_globals"] for f in inner)):

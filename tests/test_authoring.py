@@ -21,12 +21,14 @@ def test_roles_become_nbgrader_metadata():
         code_cell(SOLVED, role="solution", grade_id="square"),
         code_cell("assert square(2) == 4", role="tests", grade_id="test_square", points=2),
         nbformat.v4.new_markdown_cell("An answer.", metadata={"role": "answer", "grade_id": "q1", "points": 1}),
+        code_cell("class StandIn: pass", role="locked", grade_id="standins"),
         code_cell("x = 1"),
     ))
-    solution, tests, answer, plain = (cell.metadata.get("nbgrader") for cell in source.cells)
+    solution, tests, answer, locked, plain = (cell.metadata.get("nbgrader") for cell in source.cells)
     assert solution["solution"] and not solution["grade"] and not solution["locked"]
     assert tests["grade"] and tests["locked"] and tests["points"] == 2 and not tests["solution"]
     assert answer["grade"] and answer["solution"] and answer["points"] == 1
+    assert locked["locked"] and not locked["grade"] and not locked["solution"] and locked["grade_id"] == "standins"
     assert plain is None
     assert all("role" not in cell.metadata for cell in source.cells)
 
