@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 from autograder import book as book_pages, notebooks, release
-from autograder.course import ROOT, source_notebooks
+from autograder.course import ROOT, SOLUTIONS, source_notebooks
 
 NOTEBOOKS = [source.stem for source in source_notebooks()]
 STUB = "# PUT YOUR CODE HERE  #\n"
@@ -24,8 +24,10 @@ def nbgrader_sources():
 
 def secret_lines():
     """The lines (stripped) of every solution region, hidden test and model answer of the source notebooks
-    that occur nowhere else in them (a line the release shows anyway, such as `)`, is no secret)."""
-    secret, public = set(), set()
+    that occur nowhere else in them or in the shared helpers (a line the release shows anyway, such as `)`, is
+    no secret)."""
+    secret = set()
+    public = {line.strip() for line in (SOLUTIONS / "course_utils.py").read_text(encoding="utf-8").splitlines()}
     for source in nbgrader_sources():
         for cell in source.cells:
             if cell.cell_type == "markdown" and notebooks.is_solution_cell(cell):
@@ -144,6 +146,8 @@ def test_release_holds_no_solution_hidden_test_or_model_answer(name):
         if notebooks.is_test_cell(cell):
             shown = re.sub(r"### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS", "", cell.source, flags=re.DOTALL)
             assert given.split() == shown.split(), f"{grade_id} must show exactly its visible tests"
+        elif not notebooks.is_solution_cell(cell):  # a read-only cell of test helpers, shown as it is
+            assert given == cell.source, f"{grade_id} must be released as it is"
         elif cell.cell_type == "code":
             assert STUB in given + "\n", f"{grade_id} has no PUT YOUR CODE HERE stub"
         else:
