@@ -229,11 +229,13 @@ def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path):
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
     kernel = Kernel(tmp_path)
     kernel.run(f"import subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)")
-    kernel.client.execute("while True:\n    pass")
+    # Catastrophic backtracking holds the GIL in C for hours: not even ipykernel's control thread can answer the
+    # shutdown request (a plain `while True: pass` lets it, and the kernel then ends normally).
+    kernel.client.execute("import re; re.match(r'(a+)+$', 'a' * 64 + 'b')")
     kernel.manager.shutdown_wait_time = 1
     kernel.shutdown()
     # the supervisor cleans up just after nbgrader's SIGKILL to the launcher
-    assert eventually(lambda: processes_with(marker) == [] and kernel.events())
+    assert eventually(lambda: processes_with(marker) == [] and kernel.events()), kernel_records(kernel)
     assert kernel.events() == ["kernel did not shut down when asked and was killed"]
 
 
