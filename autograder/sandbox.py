@@ -310,7 +310,7 @@ def bwrap_command(settings, workdir, kernel, fds, info_fd):
     memory = str(limits.memory_bytes)
     command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox", "--info-fd", str(info_fd),
                "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
-    for private in ("/tmp", home_folder()):  # empty and writable, in memory counted against the limit
+    for private in (PRIVATE_TMP, home_folder()):  # empty and writable, in memory counted against the limit
         command += ["--perms", "0700", "--size", memory, "--tmpfs", private]
     hidden = [path for path in settings["hidden"] if os.path.exists(path)]
     for path in hidden:
@@ -330,7 +330,11 @@ def kernel_environment():
     """The variables the kernel gets: an allow-list of the grader's (no JPY_PARENT_PID: ipykernel would exit)."""
     passed = {name: value for name, value in os.environ.items()
               if name in PASSED_VARIABLES or name.startswith(PASSED_PREFIXES)}
-    return {**passed, "HOME": home_folder(), "TMPDIR": "/tmp", "IPYTHONDIR": "/tmp/ipython"}
+    # IPython's profile goes to the private /tmp, so that $HOME shows only what the interpreter needs.
+    return {**passed, "HOME": home_folder(), "TMPDIR": PRIVATE_TMP, "IPYTHONDIR": os.path.join(PRIVATE_TMP, "ipython")}
+
+
+PRIVATE_TMP = "/tmp"  # inside the sandbox: an empty tmpfs of its own over the host's /tmp
 
 
 def home_folder():
