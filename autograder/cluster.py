@@ -18,7 +18,6 @@ into one task per student, so only the student that kills workers fails, with a 
 Cluster settings (--cluster-config) are a YAML file with one section per kind of cluster: the keyword arguments of
 its class, plus `workers`, how many worker processes to ask for; autograder/cluster.yml is an example.
 """
-import hashlib
 import importlib
 import importlib.metadata
 import logging
@@ -54,10 +53,7 @@ CLUSTERS = {
 
 def grader_hash():
     """sha256 of the grader's code, the modules of autograder/ (what a worker executes)."""
-    digest = hashlib.sha256()
-    for path in sorted(AUTOGRADER.glob("*.py")):
-        digest.update(f"{path.name}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
+    return unit.content_hash({path.name: path.read_bytes() for path in AUTOGRADER.glob("*.py")})
 
 
 def course_environment(sandbox=True):

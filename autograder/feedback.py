@@ -19,10 +19,10 @@ from pathlib import Path
 
 import nbformat
 from nbconvert.exporters import HTMLExporter
-from nbgrader import utils
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 
+from . import notebooks
 from .course import COURSE, nbgrader
 
 # The MathJax 3 copy the book uses too (the package sphinx-mathjax-offline ships it).
@@ -30,10 +30,6 @@ MATHJAX = Path(importlib.util.find_spec("sphinx-mathjax-offline").origin).parent
 HIDDEN_NOTE = "# More tests ran here, hidden; a failing one shows its message below."
 UNGRADED_NOTE = ("**Written answers not graded yet.** The score above counts the tests only; your written "
                  "answers ({points:g} points) are added when they have been graded.")
-
-
-def is_test_cell(cell):
-    return utils.is_grade(cell) and not utils.is_solution(cell)
 
 
 def message_only(output):
@@ -47,7 +43,7 @@ class HideHiddenTests(ClearHiddenTests):
     those cells to their messages. Only test cells: text a student writes elsewhere is left as written."""
 
     def preprocess_cell(self, cell, resources, cell_index):
-        if cell.cell_type == "code" and is_test_cell(cell) and self._remove_hidden_test_region(cell):
+        if cell.cell_type == "code" and notebooks.is_test_cell(cell) and self._remove_hidden_test_region(cell):
             cell.source = cell.source.rstrip() + "\n\n" + HIDDEN_NOTE
             cell.outputs = [message_only(output) if output.output_type == "error" else output
                             for output in cell.outputs]

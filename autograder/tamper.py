@@ -64,6 +64,8 @@ import re
 
 import nbformat
 
+from . import notebooks
+
 CANARY_KEY = "dgm_canary"  # cell metadata that marks a canary cell
 REPORT_PREFIX = "DGM-CANARY"
 
@@ -365,8 +367,7 @@ def is_canary(cell):
 
 
 def is_test_cell(cell):
-    nbgrader = cell.get("metadata", {}).get("nbgrader", {})
-    return cell.cell_type == "code" and nbgrader.get("grade", False) and not nbgrader.get("solution", False)
+    return cell.cell_type == "code" and notebooks.is_test_cell(cell)
 
 
 def canary_places(notebook):
