@@ -1,6 +1,7 @@
 """Training benchmark of Part 3: tokens per second of the reference trainer's step (what `python -m solutions.gpt`
-runs: the fused attention kernel, solutions.gpt's optimizer and train_step) against a plain baseline written
-here (nanoGPT-style: the same shapes, explicit attention with a stored mask, torch's default AdamW), on CPU.
+runs: the fused attention kernel, bfloat16 matrix products where the CPU computes them natively, solutions.gpt's
+optimizer and train_step) against a plain baseline written here (nanoGPT-style: the same shapes, explicit
+attention with a stored mask, torch's default AdamW, float32), on CPU.
 
 Run from the repository root (after `make release`):  python -m bench.training
 Two configurations: gpt-mini (6 layers, 6 heads, width 192, block 128, batch 128, dropout 0.1) and the small CPU
@@ -90,8 +91,11 @@ def baseline_step(setting):
 
 
 def reference_step(setting):
-    """One step of the reference trainer, as `python -m solutions.gpt` builds it."""
+    """One step of the reference trainer, as `python -m solutions.gpt` builds it (bfloat16 matrix products where
+    the CPU has them, as its --precision auto)."""
     model = gpt.use_fused_attention(gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"]))).train()
+    if gpt.bfloat16_is_native(torch.device("cpu")):
+        gpt.use_bfloat16(model)
     optimizer = gpt.configure_optimizer(model, setting["learning_rate"], WEIGHT_DECAY, setting["betas"])
     return lambda inputs, targets: gpt.train_step(model, optimizer, inputs, targets, GRAD_CLIP)
 
@@ -121,7 +125,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"CPU, {torch.get_num_threads()} thread(s), median of {args.iterations} iterations after {args.warmup}; "
+    precision = "bfloat16" if gpt.bfloat16_is_native(torch.device("cpu")) else "float32"
+    print(f"CPU, {torch.get_num_threads()} thread(s), reference trainer in {precision}, median of {args.iterations} iterations after {args.warmup}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for name in args.configurations:
         setting = CONFIGURATIONS[name]
