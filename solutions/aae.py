@@ -12,14 +12,14 @@ from matplotlib.ticker import MaxNLocator
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import transforms
-from torchvision.utils import make_grid
 
-from .course_utils import default_device, mnist, progress, seed_everything
+from .course_utils import default_device, make_grid, mnist, progress, seed_everything
 
 
 def mnist_loader(train=True, batch_size=64, data_dir=None):
     """MNIST in [-1, 1]: the 60,000 training images (shuffled) or the 10,000 test images, in batches."""
+    from torchvision import transforms  # here, not at the top: the autograder, which loads no data, skips it
+
     to_minus_one_one = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
     dataset = mnist(train, transform=to_minus_one_one, root=data_dir)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train)

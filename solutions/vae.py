@@ -12,10 +12,9 @@ import torch.nn as nn
 from matplotlib.ticker import MaxNLocator
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
-from torchvision.utils import make_grid
 
 from . import course_utils
-from .course_utils import progress
+from .course_utils import make_grid, progress  # torchvision's make_grid, imported when first used
 
 
 NUM_LEVELS = 16  # intensity levels of a 4-bit pixel
