@@ -364,6 +364,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     timing = timings(history)
     (out / "metrics.json").write_text(json.dumps({"config": asdict(config), **timing, "history": history}, indent=1))
+    torch.save(model.state_dict(), out / "model.pt")  # loads into AdversarialAE of the same config
     save_figure(plot_history(history), out / "losses.png")
     for epoch, images in samples.items():
         save_figure(show_grid(images, f"samples after {epoch} epochs"), out / f"samples_epoch_{epoch:03d}.png")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from solutions import aae, course_utils
 
@@ -45,6 +46,7 @@ def test_tiny_training_run(tmp_path):
     for key in ("recon_loss", "gen_loss", "ae_loss", "disc_loss", "loss_real", "loss_fake", "accuracy", "seconds"):
         assert key in metrics["history"][-1], key
     assert 0 <= metrics["history"][-1]["accuracy"] <= 1
+    aae.AdversarialAE(z_dim=2).load_state_dict(torch.load(tmp_path / "model.pt"))  # the trained weights
 
 
 def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ def test_tiny_training_run(tmp_path):
     for key in ("train_bpd", "val_bpd", "test_bpd", "seconds_per_epoch"):
         assert len(metrics[key]) == 2, key
     assert metrics["val_bpd"][-1] < 4, "training must do better than uniform pixels (4 bpd)"
+    vae.VAE(num_filters=8, z_dim=2, lr=1e-3).load_state_dict(torch.load(tmp_path / "model.pt"))  # the trained weights
 
 
 def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
