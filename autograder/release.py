@@ -32,7 +32,7 @@ RELEASE_ZIP = ROOT / "build" / "release" / "assignment.zip"
 STUDENT_README = AUTOGRADER / "templates" / "assignment_README.md"
 
 # Computing time of each part's training cells on a laptop CPU, as the source notebooks state it.
-CPU_TIME = {"part1_vae": "about 12 minutes", "part2_aae": "about 6 minutes", "part3_gpt": "about 12 minutes"}
+CPU_TIME = {"part1_vae": "about 4 minutes", "part2_aae": "about 2 minutes", "part3_gpt": "about 2 minutes"}
 
 MODULE_HEADER = '''\
 # GENERATED FILE: do not edit. `make release` exports it from {source} (the cells tagged export or

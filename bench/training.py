@@ -1,5 +1,5 @@
 """Training benchmark of Part 3: tokens per second of the reference trainer's step (what `python -m solutions.gpt`
-runs: the fused attention kernel, bfloat16 matrix products where the CPU computes them natively, solutions.gpt's
+runs: the fused attention kernel, bfloat16 matrix products where they pay (gpt.bfloat16_pays), solutions.gpt's
 optimizer and train_step) against a plain baseline written here (nanoGPT-style: the same shapes, explicit
 attention with a stored mask, torch's default AdamW, float32), on CPU.
 
@@ -92,9 +92,9 @@ def baseline_step(setting):
 
 def reference_step(setting):
     """One step of the reference trainer, as `python -m solutions.gpt` builds it (bfloat16 matrix products where
-    the CPU has them, as its --precision auto)."""
+    they pay, as its --precision auto)."""
     model = gpt.use_fused_attention(gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"]))).train()
-    if gpt.bfloat16_is_native(torch.device("cpu")):
+    if gpt.bfloat16_pays(torch.device("cpu"), model.config):
         gpt.use_bfloat16(model)
     optimizer = gpt.configure_optimizer(model, setting["learning_rate"], WEIGHT_DECAY, setting["betas"])
     return lambda inputs, targets: gpt.train_step(model, optimizer, inputs, targets, GRAD_CLIP)
@@ -125,8 +125,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = "bfloat16" if gpt.bfloat16_is_native(torch.device("cpu")) else "float32"
-    print(f"CPU, {torch.get_num_threads()} thread(s), reference trainer in {precision}, median of {args.iterations} iterations after {args.warmup}; "
+    print(f"CPU, {torch.get_num_threads()} thread(s), median of {args.iterations} iterations after {args.warmup}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for name in args.configurations:
         setting = CONFIGURATIONS[name]
@@ -134,6 +133,9 @@ def main(argv=None):
         steps = {"baseline (explicit attention)": baseline_step(setting), "reference trainer": reference_step(setting)}
         times = timed_steps(steps, setting, args.iterations, args.warmup)
         tokens = setting["batch_size"] * setting["model"]["block_size"]
+        config = gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"])
+        precision = "bfloat16" if gpt.bfloat16_pays(torch.device("cpu"), config) else "float32"
+        print(f"{name:8s}  reference trainer in {precision}")
         for step_name, (wall, cpu) in times.items():
             print(f"{name:8s}  {step_name:30s} {wall:7.3f} s/iteration {tokens / wall:8.0f} tokens/s "
                   f"{tokens / cpu:8.0f} tokens/CPU-s")

@@ -58,8 +58,7 @@ def test_tiny_training_run(tmp_path):
     assert vocabulary_size == len(set(text.read_text(encoding="utf-8")))
     assert metrics["history"]["iteration"] == [30, 60]
     assert metrics["attention"] == "fused"
-    expected_precision = "bfloat16" if gpt.bfloat16_is_native(torch.device("cpu")) else "float32"
-    assert metrics["precision"] == expected_precision
+    assert metrics["precision"] == "float32", "bfloat16 does not pay for a model as narrow as gpt-nano"
     assert metrics["first_interval_seconds_per_iteration"] > 0 and metrics["steady_seconds_per_iteration"] > 0
     assert metrics["final_val_loss"] < math.log(vocabulary_size) - 0.5, "the loss must fall below a uniform guess"
 
