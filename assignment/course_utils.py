@@ -56,7 +56,7 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def make_grid(images, **options):
-    """torchvision.utils.make_grid, imported on first use: importing torchvision loads torch._dynamo (about 1.5
+    """torchvision.utils.make_grid, imported on first use: importing torchvision loads torch._dynamo (about 1.6
     CPU-seconds), which every notebook would otherwise pay at its first cell, under the autograder too."""
     from torchvision.utils import make_grid as torchvision_make_grid
 

@@ -90,11 +90,11 @@ def baseline_step(setting):
     return step
 
 
-def reference_step(setting):
-    """One step of the reference trainer, as `python -m solutions.gpt` builds it (bfloat16 matrix products where
-    they pay, as its --precision auto)."""
+def reference_step(setting, bfloat16):
+    """One step of the reference trainer, as `python -m solutions.gpt` builds it (bfloat16: as its --precision
+    auto decides, gpt.bfloat16_pays)."""
     model = gpt.use_fused_attention(gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"]))).train()
-    if gpt.bfloat16_pays(torch.device("cpu"), model.config):
+    if bfloat16:
         gpt.use_bfloat16(model)
     optimizer = gpt.configure_optimizer(model, setting["learning_rate"], WEIGHT_DECAY, setting["betas"])
     return lambda inputs, targets: gpt.train_step(model, optimizer, inputs, targets, GRAD_CLIP)
@@ -130,12 +130,11 @@ def main(argv=None):
     for name in args.configurations:
         setting = CONFIGURATIONS[name]
         torch.manual_seed(0)
-        steps = {"baseline (explicit attention)": baseline_step(setting), "reference trainer": reference_step(setting)}
+        bfloat16 = gpt.bfloat16_pays(torch.device("cpu"), gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"]))
+        steps = {"baseline (explicit attention)": baseline_step(setting),
+                 f"reference trainer ({'bfloat16' if bfloat16 else 'float32'})": reference_step(setting, bfloat16)}
         times = timed_steps(steps, setting, args.iterations, args.warmup)
         tokens = setting["batch_size"] * setting["model"]["block_size"]
-        config = gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"])
-        precision = "bfloat16" if gpt.bfloat16_pays(torch.device("cpu"), config) else "float32"
-        print(f"{name:8s}  reference trainer in {precision}")
         for step_name, (wall, cpu) in times.items():
             print(f"{name:8s}  {step_name:30s} {wall:7.3f} s/iteration {tokens / wall:8.0f} tokens/s "
                   f"{tokens / cpu:8.0f} tokens/CPU-s")

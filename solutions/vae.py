@@ -389,7 +389,7 @@ def save_results(out, model, metrics, samples):
     """Write the metrics, the weights, the bpd curves, the sample grids and (for z_dim 2) the manifold to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    torch.save(model.state_dict(), out / "model.pt")  # loads into VAE(num_filters, z_dim) of the same config
+    torch.save(model.state_dict(), out / "model.pt")  # loads into VAE(num_filters, z_dim, lr) of the same config
     plot_bpd_curves(metrics).savefig(out / "bpd_curves.png", dpi=100, bbox_inches="tight")
     for epoch, grid in samples.items():
         save_image(grid, out / f"samples_epoch_{epoch:03d}.png")

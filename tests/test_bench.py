@@ -15,7 +15,8 @@ def test_generation_benchmark_runs_and_both_paths_agree(capsys):
 def test_training_benchmark_steps_train_the_same_shapes():
     setting = dict(model=dict(n_layer=1, n_head=2, n_embd=16, block_size=8, dropout=0.1), batch_size=4,
                    learning_rate=1e-3, betas=(0.9, 0.99))
-    steps = {"baseline": training.baseline_step(setting), "reference": training.reference_step(setting)}
+    steps = {"baseline": training.baseline_step(setting), "reference": training.reference_step(setting, False),
+             "reference, bfloat16": training.reference_step(setting, True)}
     times = training.timed_steps(steps, setting, iterations=2, warmup=1)
     assert set(times) == set(steps) and all(wall > 0 and cpu >= 0 for wall, cpu in times.values())
     losses = [step(*training.gpt.get_batch(training.torch.arange(100) % training.VOCAB_SIZE, 8, 4))
