@@ -47,11 +47,14 @@ Write your answer in the notebook: double-click this cell and replace this box w
 FETCH_HELPERS = '''\
 # Opened in Colab or downloaded from the book? The notebook needs the course's helpers, course_utils.py,
 # next to it: this cell fetches them when they are missing. The data sets (MNIST, Grimms' Fairy Tales) are
-# downloaded into ./data the first time they are needed (or set $DGM_DATA_DIR to a folder that has them).
+# downloaded into ./data the first time they are needed (or set $DGM_DATA_DIR to a folder that has them), and
+# the reference weights (LOAD_REFERENCE = True) into ./reference from the book's results.
+import os
 import pathlib
 import urllib.request
 
 HELPERS_URL = "{url}"
+os.environ.setdefault("DGM_REFERENCE_URL", "{reference_url}")
 if not pathlib.Path("course_utils.py").exists():
     try:
         with urllib.request.urlopen(HELPERS_URL, timeout=30) as response:
@@ -74,10 +77,20 @@ def settings():
     return yaml.safe_load((BOOK / "_config.yml").read_text(encoding="utf-8"))
 
 
+def published_url(config, path):
+    """The address of the file `path` (relative to the repository's root) as the book's repository publishes it."""
+    repository = config["repository"]
+    return f"{repository['url'].rstrip('/')}/raw/{repository.get('branch', 'main')}/{path}"
+
+
 def helpers_url(config):
     """Where the published course_utils.py is: the student release folder of the book's repository."""
-    repository = config["repository"]
-    return f"{repository['url'].rstrip('/')}/raw/{repository.get('branch', 'main')}/assignment/course_utils.py"
+    return published_url(config, "assignment/course_utils.py")
+
+
+def reference_url(config, notebook):
+    """Where the published reference weights of the part `notebook` are: its results folder in the book."""
+    return published_url(config, f"{RESULTS.relative_to(ROOT).as_posix()}/{notebook}")
 
 
 def shown(path):
@@ -142,8 +155,10 @@ def page(released, notebook, header):
             cell.source = fill_placeholders(cell.source, results)
     attach_outputs(book_page.cells, results)
     # Only in the notebook: the book's readers need no helpers (the introduction tells them about this cell).
-    book_page.cells.insert(0, nbformat.v4.new_code_cell(FETCH_HELPERS.format(url=helpers_url(settings())),
-                                                        id="fetch-helpers", metadata={"tags": ["remove-cell"]}))
+    fetch_helpers = FETCH_HELPERS.format(url=helpers_url(settings()),
+                                         reference_url=reference_url(settings(), notebook))
+    book_page.cells.insert(0, nbformat.v4.new_code_cell(fetch_helpers, id="fetch-helpers",
+                                                        metadata={"tags": ["remove-cell"]}))
     return notebooks.with_header_cell(book_page, header)
 
 

@@ -172,14 +172,23 @@ def build_release(out=ROOT, course=COURSE):
     return written
 
 
+def reference_weights():
+    """The reference trainers' weights published with the book (book/results/<notebook>/*.pt), which the
+    notebooks load with LOAD_REFERENCE = True."""
+    return sorted(book.RESULTS.glob("*/*.pt"))
+
+
 def build_zip(written, zip_path):
     """Zip the generated files of assignment/ among `written` (nothing else that lies there, such as data or
-    checkpoints) as `assignment/<file>` entries, the way students unpack it."""
+    checkpoints of the student's own) as `assignment/<file>` entries, the way students unpack it, and the
+    reference weights as `assignment/reference/<file>`."""
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(written):
             if path.parent.name == "assignment":
                 archive.write(path, f"assignment/{path.name}")
+        for path in reference_weights():
+            archive.write(path, f"assignment/reference/{path.name}")
     return zip_path
 
 

@@ -58,6 +58,7 @@ output: the grader reports such a failure first, before any tampering evidence.
 """
 import ast
 import copy
+import functools
 import inspect
 import json
 import re
@@ -110,6 +111,7 @@ def _dgm_canary_probe(nonce, index):
         sys.modules[store_name] = store
         store.handler_codes = set_custom_exc_codes(shell, course_utils)
         store.threads = set(sys._current_frames())
+        store.checked_modules = set()  # (name, id) of the modules whose file was checked: each module once
     library = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 
     def identity(value):
@@ -284,6 +286,11 @@ def _dgm_canary_probe(nonce, index):
                 unusual.append(f"a thread runs {frame.f_code.co_name} from {frame.f_code.co_filename}")
     folder = os.path.realpath(os.getcwd()) + os.sep
     for name, module in list(sys.modules.items()):
+        # realpath of every file of the thousands of modules torch loads costs a canary most of its time:
+        # check those loaded (or replaced) since the last canary only; each is reported where it first shows.
+        if (name, id(module)) in store.checked_modules:
+            continue
+        store.checked_modules.add((name, id(module)))
         filename = str(getattr(module, "__file__", None) or "")
         if not os.path.isabs(filename):
             continue  # built in, or a namespace such as torch.ops
@@ -346,12 +353,18 @@ def describe_custom_exc(shell, codes):
 # ---------------------------------------------------------------------------------------------------------------
 # The canary cells.
 
+@functools.cache
+def probe_source():
+    """The source of the probe and its helpers, as every canary cell holds it (read once per process)."""
+    return "\n\n".join(inspect.getsource(f) for f in (_dgm_canary_probe, set_custom_exc_codes,
+                                                      describe_custom_exc)).rstrip()
+
+
 def canary_source(nonce, index, where):
     """The code of canary `index` (`where` says where it sits, for the reader)."""
-    probe = "\n\n".join(inspect.getsource(f) for f in (_dgm_canary_probe, set_custom_exc_codes, describe_custom_exc))
     return "\n".join([
         f"# Autograder canary {index} ({where}): checks that nothing tampered with grading. Added by the grader.",
-        probe.rstrip(),
+        probe_source(),
         f"print({_dgm_canary_probe.__name__}({nonce!r}, {index}))",
         f"del {_dgm_canary_probe.__name__}, set_custom_exc_codes, describe_custom_exc",
         f"assert 1 + 1 == 3, {deliberate_error(nonce, index)!r}",

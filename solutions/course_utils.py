@@ -15,6 +15,9 @@ import torch
 DATA_DIR_VARIABLE = "DGM_DATA_DIR"  # where the data sets live; see data_root()
 DOWNLOAD_VARIABLE = "DGM_DOWNLOAD"  # set to 0 to forbid downloads
 DEFAULT_DATA_DIR = "data"  # relative to the working directory, i.e. next to the notebook
+REFERENCE_DIR_VARIABLE = "DGM_REFERENCE_DIR"  # where the reference weights live; see load_reference()
+REFERENCE_URL_VARIABLE = "DGM_REFERENCE_URL"  # where to download them from (the book's first cell sets it)
+DEFAULT_REFERENCE_DIR = "reference"  # next to the notebook: assignment.zip unpacks them there
 
 # nbgrader sets NBGRADER_EXECUTION while it autogrades: training cells then shrink or skip.
 AUTOGRADING = "NBGRADER_EXECUTION" in os.environ
@@ -82,6 +85,17 @@ def mnist(train, transform=None, root=None, download=None):
         f"(or the root argument) at the folder that holds MNIST/raw/.")
 
 
+def fetch(url, path):
+    """Download `url` to `path`: None when that worked, else what went wrong (nothing is left at `path`)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        urllib.request.urlretrieve(url, path)
+        return None
+    except Exception as error:  # no network, a mirror down, a full disk...
+        path.unlink(missing_ok=True)
+        return f"the download from {url} failed ({error})"
+
+
 def text_file(path=None, root=None, download=None):
     """The text of a UTF-8 file: `path` if given, else Grimms' Fairy Tales under <data root>/text/."""
     if path is not None:
@@ -93,18 +107,56 @@ def text_file(path=None, root=None, download=None):
     if not path.is_file():
         problem = "downloads are switched off"
         if download_allowed(download):
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                urllib.request.urlretrieve(GRIMM_URL, path)
-            except Exception as error:
-                path.unlink(missing_ok=True)
-                problem = f"the download from {GRIMM_URL} failed ({error})"
+            problem = fetch(GRIMM_URL, path) or problem
         if not path.is_file():
             raise DataNotFoundError(
                 f"Grimms' Fairy Tales is not at {path.resolve()} and {problem}. Save Project Gutenberg "
                 f"ebook 2591 as plain text (UTF-8) there, point ${DATA_DIR_VARIABLE} at the folder that "
                 f"holds text/, or give the path of any UTF-8 text file.")
     return path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of the text
+
+
+class ReferenceMismatchError(RuntimeError):
+    """Reference weights do not fit the model they are loaded into; the message says why and what to do."""
+
+
+def reference_file(name, root=None, download=None):
+    """The path of the reference weights `name`: in `root`, else $DGM_REFERENCE_DIR, else ./reference/;
+    downloaded there from $DGM_REFERENCE_URL when missing (a notebook opened from the book sets it)."""
+    path = Path(root or os.environ.get(REFERENCE_DIR_VARIABLE) or DEFAULT_REFERENCE_DIR).expanduser() / name
+    if path.is_file():
+        return path
+    url = os.environ.get(REFERENCE_URL_VARIABLE)
+    if not download_allowed(download):
+        problem = "downloads are switched off"
+    elif not url:
+        problem = f"there is no address to download it from (${REFERENCE_URL_VARIABLE})"
+    else:
+        problem = fetch(f"{url.rstrip('/')}/{name}", path)
+        if problem is None:
+            return path
+    raise DataNotFoundError(
+        f"The reference weights {name} are not at {path.resolve()} and {problem}. They come with the course's "
+        f"assignment.zip (folder reference/) and with the book (the link under the results of this part): put "
+        f"the file in that folder, point ${REFERENCE_DIR_VARIABLE} at the folder that holds it, or train the "
+        f"model instead (LOAD_REFERENCE = False).")
+
+
+def load_reference(model, name, root=None, download=None):
+    """Load the course's reference weights `name` (a state dict saved by the reference trainer) into `model`,
+    for a look at a fully trained model without training it. They fit the reference solution's layers: a model
+    written with other layers gets a ReferenceMismatchError that says so (train it instead)."""
+    state = torch.load(reference_file(name, root, download), map_location="cpu", weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        details = "; ".join(line.strip() for line in str(error).splitlines()[1:3])[:300]
+        raise ReferenceMismatchError(
+            f"The reference weights {name} do not fit your model ({details}). "
+            f"They were trained with the reference solution's layers and names, which your solution may rightly "
+            f"write otherwise: train your model instead (LOAD_REFERENCE = False).") from None
+    model.eval()
+    return model
 
 
 def seed_everything(seed):

@@ -54,3 +54,20 @@ def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="MNIST is not in"):
         aae.main(["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists(), "nothing is written when there is no data"
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("model_name", ["ae", "aae"])
+def test_the_published_reference_weights_are_the_runs_the_book_reports(model_name):
+    results = ROOT / "book" / "results" / "part2_aae"
+    metrics = json.loads((results / f"metrics_z2_{model_name}.json").read_text())
+    model = course_utils.load_reference(aae.AdversarialAE(z_dim=metrics["config"]["z_dim"]),
+                                        f"{model_name}_z2.pt", root=results)
+    images, _ = next(iter(aae.mnist_loader(train=False, batch_size=2000)))
+    with torch.no_grad():
+        recon_x, codes = model(images)
+        _, logs = model.get_loss_autoencoder(images, recon_x, codes, metrics["config"]["lambda_"])
+    # the test images' reconstruction loss is close to the last epoch's average on the training images
+    assert float(logs["recon_loss"]) < 1.3 * metrics["history"][-1]["recon_loss"]
+    # only the AAE's codes are shaped like the prior N(0, I)
+    assert (codes.std(0) < 2).all() == (model_name == "aae"), codes.std(0)

@@ -16,6 +16,7 @@ from autograder.course import ROOT, source_notebooks
 
 PARTS = [source.stem for source in source_notebooks()]
 PAGES = ["intro"] + PARTS
+REFERENCE_WEIGHTS = {"part1_vae": ["vae_z2.pt"], "part2_aae": ["ae_z2.pt", "aae_z2.pt"]}  # LOAD_REFERENCE
 MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users|mnt|var)/")
 
 
@@ -118,6 +119,7 @@ def run_fetch_cell(page, url, folder, monkeypatch):
     notebook = nbformat.read(ROOT / "book" / f"{page}.ipynb", as_version=4)
     cell = next(cell for cell in notebook.cells if cell.cell_type == "code")
     monkeypatch.chdir(folder)
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what the cell sets there stays in this test
     exec(cell.source.replace(book.helpers_url(config()), url), {})
 
 
@@ -127,6 +129,27 @@ def test_the_first_cell_fetches_the_helpers_only_when_they_are_missing(tmp_path,
     assert (tmp_path / "course_utils.py").read_bytes() == published.read_bytes()
     assert "fetched course_utils.py" in capsys.readouterr().out
     run_fetch_cell(PARTS[0], "file:///nowhere/course_utils.py", tmp_path, monkeypatch)  # present: no download
+
+
+@pytest.mark.parametrize("page", PARTS)
+def test_the_first_cell_points_the_reference_weights_at_the_published_results_of_its_part(tmp_path, monkeypatch,
+                                                                                         page):
+    (tmp_path / "course_utils.py").write_text("")  # present: nothing is fetched
+    monkeypatch.delenv("DGM_REFERENCE_URL", raising=False)
+    run_fetch_cell(page, "file:///nowhere/course_utils.py", tmp_path, monkeypatch)
+    url = os.environ["DGM_REFERENCE_URL"]
+    assert url == book.reference_url(config(), page)
+    assert url.endswith(f"/raw/{config()['repository']['branch']}/book/results/{page}")
+    for name in REFERENCE_WEIGHTS.get(page, []):
+        assert (ROOT / "book" / "results" / page / name).is_file(), f"{name} is not in the book's results"
+
+
+@pytest.mark.parametrize("page", [page for page in PARTS if page in REFERENCE_WEIGHTS])
+def test_the_reference_weights_are_downloads_of_the_page(html, page):
+    text = page_text(html, page)
+    for name in REFERENCE_WEIGHTS[page]:
+        link = re.search(rf'href="(_downloads/\w+/{re.escape(name)})"', text)
+        assert link and (html / link[1]).read_bytes() == (ROOT / "book" / "results" / page / name).read_bytes()
 
 
 def test_the_first_cell_says_what_to_do_when_the_helpers_cannot_be_fetched(tmp_path, monkeypatch):

@@ -1,5 +1,8 @@
 """The shared helpers: where data comes from, and what a student is told when it is missing."""
+from pathlib import Path
+
 import pytest
+import torch
 
 from solutions import course_utils
 
@@ -8,6 +11,8 @@ from solutions import course_utils
 def no_data_variables(monkeypatch):
     monkeypatch.delenv(course_utils.DATA_DIR_VARIABLE, raising=False)
     monkeypatch.delenv(course_utils.DOWNLOAD_VARIABLE, raising=False)
+    monkeypatch.delenv(course_utils.REFERENCE_DIR_VARIABLE, raising=False)
+    monkeypatch.delenv(course_utils.REFERENCE_URL_VARIABLE, raising=False)
     monkeypatch.setattr(course_utils, "AUTOGRADING", False)
 
 
@@ -86,3 +91,28 @@ def test_training_cells_announce_their_measured_duration(capsys):
                                        "the course was made (a busy machine is slower).\n")
     course_utils.announce_training("the GPT", 40, "cuda")
     assert "the GPT on cuda, much faster than the CPU (about 40 s on a 2-core CPU" in capsys.readouterr().out
+
+
+def test_reference_weights_load_from_the_folder_and_a_model_of_other_layers_is_told_why_not(
+        no_data_variables, tmp_path):
+    reference = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    torch.save(reference.state_dict(), tmp_path / "tiny.pt")
+    loaded = course_utils.load_reference(torch.nn.Sequential(torch.nn.Linear(2, 3)), "tiny.pt", root=tmp_path)
+    assert torch.equal(loaded[0].weight, reference[0].weight) and not loaded.training
+    with pytest.raises(course_utils.ReferenceMismatchError, match="do not fit your model.*train your model instead"):
+        course_utils.load_reference(torch.nn.Sequential(torch.nn.Linear(2, 4)), "tiny.pt", root=tmp_path)
+
+
+def test_missing_reference_weights_are_downloaded_from_the_published_address_or_say_where_to_get_them(
+        no_data_variables, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(course_utils.DataNotFoundError, match="assignment.zip.*LOAD_REFERENCE = False"):
+        course_utils.reference_file("tiny.pt")
+    published = tmp_path / "published"
+    published.mkdir()
+    torch.save({"weight": torch.ones(1)}, published / "tiny.pt")
+    monkeypatch.setenv(course_utils.REFERENCE_URL_VARIABLE, published.as_uri())
+    with pytest.raises(course_utils.DataNotFoundError, match="downloads are switched off"):
+        course_utils.reference_file("tiny.pt", download=False)
+    assert course_utils.reference_file("tiny.pt") == Path("reference") / "tiny.pt"
+    assert (tmp_path / "reference" / "tiny.pt").read_bytes() == (published / "tiny.pt").read_bytes()

@@ -102,7 +102,9 @@ def test_the_release_zip_holds_the_release_folder_and_nothing_else(fresh_build, 
     (fresh_build.out / "assignment" / "scratch.txt").unlink()
     with zipfile.ZipFile(zipped) as archive:
         names = set(archive.namelist())
-        assert names == {f"assignment/{path.name}" for path in (fresh_build.out / "assignment").iterdir()}
+        assert names == ({f"assignment/{path.name}" for path in (fresh_build.out / "assignment").iterdir()}
+                         | {f"assignment/reference/{path.name}" for path in release.reference_weights()})
+        assert {"vae_z2.pt", "ae_z2.pt", "aae_z2.pt"} <= {path.name for path in release.reference_weights()}
         assert archive.read("assignment/requirements.txt") == (
             fresh_build.out / "assignment" / "requirements.txt").read_bytes()
 

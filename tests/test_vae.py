@@ -61,3 +61,16 @@ def test_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="MNIST is not in"):
         vae.main(["--data-dir", str(tmp_path), "--epochs", "1", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists(), "nothing is written when there is no data"
+
+
+@pytest.mark.mnist
+def test_the_published_reference_weights_are_the_run_the_book_reports():
+    results = ROOT / "book" / "results" / "part1_vae"
+    metrics = json.loads((results / "metrics_z2.json").read_text())
+    config = metrics["config"]
+    model = course_utils.load_reference(vae.VAE(config["num_filters"], config["z_dim"], config["lr"]), "vae_z2.pt",
+                                        root=results)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        test_bpd, _, _ = vae.test_vae(model, vae.data_loaders(500, eval_limit=2000)[2])
+    assert abs(test_bpd - metrics["test_bpd"][-1]) < 0.03, (test_bpd, metrics["test_bpd"][-1])
