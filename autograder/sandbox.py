@@ -18,7 +18,12 @@ student's code runs inside bubblewrap (`bwrap`):
 The launcher itself runs outside the sandbox, imports only the standard library, and appends what happened to
 each kernel (exit code, killed for memory...) to <state_dir>/events.jsonl, which `kernel_events` reads.
 
-    options, env = nbgrader_launch(Limits(), state_dir, hidden=[course, repository])
+With a `Zygote` (what the grading workers use), the launcher asks it for the kernel instead of starting bwrap:
+the zygote is a fork server, started once in a bwrap sandbox with the same hidden paths, that has imported what
+every kernel imports and forks each kernel into the same isolation as above (autograder/zygote.py says how),
+which saves a fresh interpreter's start-up for every student.
+
+    options, env = nbgrader_launch(Limits(), state_dir, hidden=[course, repository], zygote=None)
     subprocess.run([python, "-m", "nbgrader", "autograde", ..., *options], env={**os.environ, **env})
 """
 import json
@@ -26,8 +31,11 @@ import os
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -101,11 +109,12 @@ def check_available():
             f"with user namespaces allowed), or grade without a sandbox at your own risk with --unsafe-no-sandbox.")
 
 
-def nbgrader_launch(limits, state_dir, hidden):
+def nbgrader_launch(limits, state_dir, hidden, zygote=None):
     """Extra nbgrader command-line options and environment variables that make every kernel that nbgrader
     process starts run sandboxed: hidden paths invisible, only a scratch copy of the kernel's working folder
     writable, no network, own PID namespace, limits applied; state_dir (trusted, outside the sandbox) receives
-    what the launcher saw (exit code, signal, killed for memory)."""
+    what the launcher saw (exit code, signal, killed for memory). With a Zygote (that hides at least `hidden`
+    outside its scratch root), kernels whose folders lie in that root are forked from it."""
     bwrap = bwrap_path()
     state_dir = Path(state_dir).resolve()
     runtime = state_dir / "runtime"  # the connection file, and links to the kernel's ipc sockets
@@ -115,7 +124,8 @@ def nbgrader_launch(limits, state_dir, hidden):
     runtime.chmod(0o700)
     settings = {"bwrap": bwrap, "limits": asdict(limits), "state_dir": str(state_dir), "runtime": str(runtime),
                 "hidden": [str(Path(path).resolve()) for path in [*hidden, state_dir]],
-                "needed": [str(Path(path).resolve()) for path in needed_paths()]}
+                "needed": [str(Path(path).resolve()) for path in needed_paths()],
+                "zygote": zygote and {"socket": str(zygote.socket), "scratch_root": str(zygote.scratch_root)}}
     (state_dir / "sandbox.json").write_text(json.dumps(settings, indent=1))
     kernel = [sys.executable, "-c", KERNEL_CODE, "-f", "{connection_file}"]
     (kernelspec / "kernel.json").write_text(json.dumps({
@@ -136,6 +146,51 @@ def needed_paths():
     paths = {Path(sys.prefix), Path(sys.base_prefix)}
     paths.update(Path(os.environ[name]) for name in NEEDED_VARIABLES if os.environ.get(name))
     return sorted(path.resolve() for path in paths if path.exists())
+
+
+class Zygote:
+    """A kernel fork server (autograder/zygote.py) for one grading worker: started once in a bwrap sandbox that
+    hides `hidden` and everything below `scratch_root` (where the workers' private courses live), it imports what
+    every kernel imports, then nbgrader_launch(..., zygote=it) forks each kernel from it, in a sandbox of its own.
+    It ends with the process that started it."""
+
+    def __init__(self, hidden, scratch_root=None, start_seconds=600):
+        self.hidden = sorted(str(Path(path).resolve()) for path in hidden)
+        self.scratch_root = Path(scratch_root or tempfile.gettempdir()).resolve()
+        self.folder = Path(tempfile.mkdtemp(prefix="dgm-zygote-", dir=self.scratch_root))
+        self.socket = self.folder / "zygote.sock"
+        self.errors = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(zygote_command(self.hidden, self.scratch_root, self.folder),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errors,
+                                        env=kernel_environment(), start_new_session=True)
+        ready, _, _ = select.select([self.process.stdout], [], [], start_seconds)
+        if not ready or self.process.stdout.readline() != b"ready\n":
+            self.close()
+            self.errors.seek(0)
+            raise SandboxUnavailable(f"the kernel fork server did not start: "
+                                     f"{self.errors.read().decode(errors='replace')[-2000:] or 'no message'}")
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def close(self):
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def zygote_command(hidden, scratch_root, folder):
+    """bwrap running the zygote: the kernels' file system and isolation, but the capabilities of its own user
+    namespace kept (as its root) so that each fork can build its sandbox; nobody inside can make user namespaces."""
+    isolation = [option for option in sandbox_options() if option not in ("--cap-drop", "ALL", "--disable-userns")]
+    hidden = existing(hidden)
+    command = [bwrap_path(), *isolation, "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--hostname", "sandbox",
+               *file_system(Limits().memory_bytes, hidden, [str(path) for path in needed_paths()])]
+    if not scratch_root.is_relative_to(PRIVATE_TMP):
+        command += ["--tmpfs", str(scratch_root)]
+    command += ["--bind", str(folder), str(folder), *read_only_again([*hidden, "/dev"])]
+    source = (Path(__file__).parent / "zygote.py").read_text()
+    return [*command, sys.executable, "-c", source, str(folder / "zygote.sock")]
 
 
 def kernel_events(state_dir):
@@ -207,10 +262,10 @@ class Cgroups:
         """Whether kernels get a cgroup for `controller` ("memory", "pids") on this host."""
         return cgroup_parent(controller) is not None
 
-    def enter(self):
-        """Move the calling process (the sandbox about to start) into every cgroup."""
+    def enter(self, pid=None):
+        """Move process `pid` (default: the calling one, the sandbox about to start) into every cgroup."""
         for folder in self.folders.values():
-            (folder / "cgroup.procs").write_text(str(os.getpid()))
+            (folder / "cgroup.procs").write_text(str(pid or os.getpid()))
 
     def counter(self, controller, file, key):
         """A counter such as `oom_kill` in memory.events; 0 where it does not exist."""
@@ -290,22 +345,38 @@ def remove_cgroup(folder):
         pass
 
 
-def scratch_copy(folder, fds):
-    """bwrap options that recreate `folder` (no notebooks, links not followed) in a tmpfs at the same path.
-
-    Each file is passed as an open descriptor (appended to `fds`) that bwrap copies into the tmpfs."""
-    options = []
+def scratch_entries(folder):
+    """What of `folder` the kernel gets a scratch copy of, parents first: (kind, path) with kind 'dir', 'link'
+    or 'file'; no notebooks (they hold the hidden tests while nbgrader executes them), links not followed."""
     for parent, dirs, files in os.walk(folder):
         for name in sorted(dirs + files):
             path = os.path.join(parent, name)
             if name.endswith(".ipynb"):
                 continue
             if os.path.islink(path):
-                options += ["--symlink", os.readlink(path), path]
+                yield "link", path
             elif os.path.isdir(path):
-                options += ["--perms", "0755", "--dir", path]
+                yield "dir", path
             elif os.path.isfile(path):
-                options += file_copy(path, fds)
+                yield "file", path
+
+
+def file_mode(path):
+    return 0o755 if os.access(path, os.X_OK) else 0o644
+
+
+def scratch_copy(folder, fds):
+    """bwrap options that recreate `folder`'s scratch entries in a tmpfs at the same path.
+
+    Each file is passed as an open descriptor (appended to `fds`) that bwrap copies into the tmpfs."""
+    options = []
+    for kind, path in scratch_entries(folder):
+        if kind == "link":
+            options += ["--symlink", os.readlink(path), path]
+        elif kind == "dir":
+            options += ["--perms", "0755", "--dir", path]
+        else:
+            options += file_copy(path, fds)
     return options
 
 
@@ -313,30 +384,60 @@ def file_copy(path, fds):
     """bwrap options that copy one file (not followed if a link) into the sandbox at the same path."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     fds.append(fd)
-    return ["--perms", "0755" if os.access(path, os.X_OK) else "0644", "--file", str(fd), path]
+    return ["--perms", f"{file_mode(path):04o}", "--file", str(fd), path]
+
+
+def scratch_listing(folder):
+    """The scratch entries of `folder` as the zygote's request carries them (files' contents in base64)."""
+    import base64
+
+    listing = []
+    for kind, path in scratch_entries(folder):
+        if kind == "link":
+            listing.append(["link", path, os.readlink(path)])
+        elif kind == "dir":
+            listing.append(["dir", path, None])
+        else:
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+                listing.append(["file", path, [file_mode(path), base64.b64encode(file.read()).decode()]])
+    return listing
+
+
+def file_system(memory_bytes, hidden, needed):
+    """bwrap options for the file system every sandbox shows: the host's read-only, fresh /dev, /proc and /run,
+    private in-memory /tmp and $HOME, the hidden paths empty, the needed ones bound back read-only."""
+    memory = str(memory_bytes)
+    options = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
+    for private in (PRIVATE_TMP, home_folder()):  # empty and writable, in memory counted against the limit
+        options += ["--perms", "0700", "--size", memory, "--tmpfs", private]
+    for path in hidden:
+        options += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    for path in needed:
+        options += ["--ro-bind", path, path]
+    return options
+
+
+def read_only_again(hidden):
+    """bwrap options, last before the command: the hidden folders' and /run's tmpfs read-only."""
+    return [option for path in [*hidden, "/run"] if os.path.isdir(path) for option in ("--remount-ro", path)]
+
+
+def existing(paths):
+    return [path for path in paths if os.path.exists(path)]
 
 
 def bwrap_command(settings, workdir, kernel, fds, info_fd):
     """The bwrap command line that runs `kernel` sandboxed with `workdir` as a private scratch copy; bwrap
     writes the sandbox's first process id to `info_fd`."""
-    limits = Limits(**settings["limits"])
-    memory = str(limits.memory_bytes)
+    memory = str(Limits(**settings["limits"]).memory_bytes)
+    hidden = existing(settings["hidden"])
     command = [settings["bwrap"], *sandbox_options(), "--hostname", "sandbox", "--info-fd", str(info_fd),
-               "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run"]
-    for private in (PRIVATE_TMP, home_folder()):  # empty and writable, in memory counted against the limit
-        command += ["--perms", "0700", "--size", memory, "--tmpfs", private]
-    hidden = [path for path in settings["hidden"] if os.path.exists(path)]
-    for path in hidden:
-        command += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-    for path in settings["needed"]:
-        command += ["--ro-bind", path, path]
+               *file_system(memory, hidden, settings["needed"])]
     # The runtime folder inside is private too: the kernel creates its sockets there; expose_sockets links them.
     command += ["--perms", "0700", "--size", memory, "--tmpfs", settings["runtime"],
                 *file_copy(connection_file(kernel), fds)]
     command += ["--perms", "0755", "--size", memory, "--tmpfs", workdir, *scratch_copy(workdir, fds)]
-    command += [option for path in hidden if os.path.isdir(path) for option in ("--remount-ro", path)]
-    command += ["--remount-ro", "/run", "--chdir", workdir]
-    return [*command, *kernel]
+    return [*command, *read_only_again(hidden), "--chdir", workdir, *kernel]
 
 
 def kernel_environment():
@@ -354,16 +455,119 @@ def home_folder():
     return os.environ.get("HOME", "/root")
 
 
-def set_resource_limits(limits, cgroups):
-    """In the sandbox's first process: the rlimits, for what no cgroup covers."""
+def resource_limits(limits, cgroups):
+    """{RLIMIT name: (soft, hard)} for the sandbox's first process: CPU time, no core files, and what no cgroup
+    covers."""
+    rlimits = {"RLIMIT_CPU": (limits.cpu_seconds, limits.cpu_seconds + 5), "RLIMIT_CORE": (0, 0)}
+    if "memory" not in cgroups.folders:
+        rlimits["RLIMIT_AS"] = (limits.memory_bytes, limits.memory_bytes)
+    if "pids" not in cgroups.folders:
+        rlimits["RLIMIT_NPROC"] = (limits.processes, limits.processes)
+    return rlimits
+
+
+def set_resource_limits(rlimits):
     import resource
 
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if "memory" not in cgroups.folders:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-    if "pids" not in cgroups.folders:
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    for name, values in rlimits.items():
+        resource.setrlimit(getattr(resource, name), values)
+
+
+class BwrapKernel:
+    """A kernel started in a sandbox of its own by bwrap (a fresh interpreter)."""
+
+    def __init__(self, settings, kernel, cgroups, limits):
+        fds = []
+        info, fds_info = os.pipe()
+        try:
+            command = bwrap_command(settings, os.getcwd(), kernel, fds, fds_info)
+            rlimits = resource_limits(limits, cgroups)
+            # bwrap gets the kernel's environment: the sandbox's first process shows its own in /proc/1/environ
+            self.process = subprocess.Popen(command, pass_fds=[*fds, fds_info], stdin=subprocess.DEVNULL,
+                                            env=kernel_environment(),
+                                            preexec_fn=lambda: (cgroups.enter(), set_resource_limits(rlimits)))
+        finally:
+            for fd in [*fds, fds_info]:
+                os.close(fd)
+        with os.fdopen(info, "rb") as stream:
+            started = stream.read()
+        self.pid = json.loads(started)["child-pid"] if started else None  # None: bwrap failed, said why on stderr
+
+    def wait(self, grader_alive):
+        """Wait until the kernel ends (False) or the launcher's parent is gone (True)."""
+        ended = os.pidfd_open(self.process.pid)
+        try:
+            ready, _, _ = select.select([ended, grader_alive], [], [])
+        finally:
+            os.close(ended)
+        return ended not in ready
+
+    def kill(self):
+        self.process.kill()
+
+    def exit_code(self):
+        code = self.process.wait()
+        return code if code >= 0 else 128 - code
+
+
+class ZygoteKernel:
+    """A kernel forked by the worker's Zygote into a sandbox of its own."""
+
+    def __init__(self, settings, kernel, cgroups, limits):
+        self.connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.connection.connect(settings["zygote"]["socket"])
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        with open(connection_file(kernel)) as file:
+            connection = file.read()
+        private = [PRIVATE_TMP, home_folder(), "/dev/shm", settings["zygote"]["scratch_root"]]
+        request = {"kernel": kernel, "cwd": os.getcwd(), "files": scratch_listing(os.getcwd()),
+                   "runtime": settings["runtime"], "connection_file": connection_file(kernel),
+                   "connection": connection, "private": existing(outermost(private)),
+                   "needed": settings["needed"], "memory_bytes": limits.memory_bytes,
+                   "environment": kernel_environment(),
+                   "rlimits": resource_limits(limits, cgroups)}
+        body = json.dumps(request).encode()
+        with open(os.devnull) as stdin:
+            socket.send_fds(self.connection, [struct.pack("<Q", len(body))], [stdin.fileno(), 1, 2])
+        self.connection.sendall(body)
+        # The fork says who it is; the kernel translates its process id into ours. Into the cgroups, then go.
+        _, ancillary, _, _ = self.connection.recvmsg(1, socket.CMSG_SPACE(struct.calcsize("3i")))
+        self.pid = next((struct.unpack("3i", data)[0] for level, kind, data in ancillary
+                         if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)), None)
+        if self.pid is not None:  # else the fork failed, and said why on stderr
+            cgroups.enter(self.pid)
+            self.connection.sendall(b"g")
+
+    def wait(self, grader_alive):
+        """Wait until the zygote reports the kernel's end (False) or the launcher's parent is gone (True)."""
+        ready, _, _ = select.select([self.connection, grader_alive], [], [])
+        return self.connection not in ready
+
+    def kill(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # its init and kernel follow (parent-death signals)
+        except (ProcessLookupError, TypeError):  # gone, or never started
+            pass
+
+    def exit_code(self):
+        """The kernel's exit code as the zygote saw it; 1 where the zygote could not say (it died)."""
+        reply = self.connection.recv(4)
+        self.connection.close()
+        return struct.unpack("<i", reply)[0] if len(reply) == 4 else 1
+
+
+def outermost(folders):
+    """The folders that are not inside another of them."""
+    return sorted({folder for folder in folders
+                   if not any(folder != other and Path(folder).is_relative_to(other) for other in folders)})
+
+
+def forked_from_zygote(settings):
+    """Whether the launcher asks the zygote: there is one, and the kernel's folders lie where it can make them."""
+    zygote = settings.get("zygote")
+    roots = zygote and [PRIVATE_TMP, zygote["scratch_root"]]
+    return bool(zygote) and all(any(Path(path).is_relative_to(root) for root in roots)
+                                for path in (os.getcwd(), settings["runtime"]))
 
 
 def supervise(settings, kernel, grader_alive):
@@ -373,43 +577,34 @@ def supervise(settings, kernel, grader_alive):
     kernel does not stop) leave it alive to clean up."""
     limits = Limits(**settings["limits"])
     cgroups = Cgroups(limits)
-    fds, links = [], []
-    info, fds_info = os.pipe()
+    links = []
     try:
-        command = bwrap_command(settings, os.getcwd(), kernel, fds, fds_info)
-        # bwrap itself gets the kernel's environment: the sandbox's first process shows its own in /proc/1/environ
-        sandbox = subprocess.Popen(command, pass_fds=[*fds, fds_info], stdin=subprocess.DEVNULL,
-                                   env=kernel_environment(),
-                                   preexec_fn=lambda: (cgroups.enter(), set_resource_limits(limits, cgroups)))
-        for fd in [*fds, fds_info]:
-            os.close(fd)
-        links = expose_sockets(connection_file(kernel), info)
-        stopped_by_grader = wait_for_either(sandbox, grader_alive)
+        start = ZygoteKernel if forked_from_zygote(settings) else BwrapKernel
+        sandbox = start(settings, kernel, cgroups, limits)
+        links = expose_sockets(connection_file(kernel), sandbox.pid)
+        stopped_by_grader = sandbox.wait(grader_alive)
         if stopped_by_grader:
             sandbox.kill()
-        code = sandbox.wait()
-        record = {"kernel": Path(connection_file(kernel)).stem, "exit_code": code if code >= 0 else 128 - code,
+        code = sandbox.exit_code()
+        record = {"kernel": Path(connection_file(kernel)).stem, "exit_code": code,
                   "oom_kills": cgroups.oom_kills(), "process_limit_hits": cgroups.process_limit_hits(),
                   "stopped_by_grader": stopped_by_grader, "limits": asdict(limits),
                   "enforced_by_cgroup": sorted(cgroups.folders)}
         with open(Path(settings["state_dir"]) / EVENTS_FILE, "a") as events:
             events.write(json.dumps(record) + "\n")
-        return record["exit_code"]
+        return code
     finally:
         cgroups.remove()
         remove_links(links)
 
 
-def expose_sockets(connection_file, info):
+def expose_sockets(connection_file, pid):
     """Make the ipc sockets that the kernel creates in its private runtime folder reachable from the host: a link
-    at each socket's host path into the sandbox's root (/proc/PID/root/...). The kernel writes nothing to the host.
-
-    `info` is the pipe on which bwrap says the sandbox's first process id. Returns the links made."""
-    with os.fdopen(info, "rb") as stream:
-        started = stream.read()
-    if not started:  # bwrap failed; its message is on stderr
+    at each socket's host path into the root of the sandbox's process `pid` (/proc/PID/root/...). The kernel
+    writes nothing to the host. Returns the links made (none without a sandbox)."""
+    if pid is None:
         return []
-    root = f"/proc/{json.loads(started)['child-pid']}/root"
+    root = f"/proc/{pid}/root"
     connection = json.loads(Path(connection_file).read_text())
     links = []
     for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"):
@@ -426,16 +621,6 @@ def remove_links(links):
     for link, target in links:
         if link.is_symlink() and os.readlink(link) == target:
             link.unlink()
-
-
-def wait_for_either(sandbox, grader_alive):
-    """Wait until the sandbox exits (False) or the launcher is gone (True)."""
-    ended = os.pidfd_open(sandbox.pid)
-    try:
-        ready, _, _ = select.select([ended, grader_alive], [], [])
-    finally:
-        os.close(ended)
-    return ended not in ready
 
 
 def connection_file(kernel):

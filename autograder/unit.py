@@ -19,6 +19,7 @@ reach the next student. Before running, the submission is checked (valid noteboo
 and tamper canaries are added; the kernel runs sandboxed (autograder.sandbox). The parent enforces each notebook's
 wall-time limit: past it, it kills the worker with its kernels and starts a fresh worker for the next job.
 """
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -261,8 +262,31 @@ def sandbox_launch(job, limits, workdir):
 
     kernel_limits = sandbox.Limits(**{field.name: getattr(limits, field.name)
                                       for field in dataclasses.fields(sandbox.Limits)})
-    hidden = [workdir, ROOT, *map(Path, job.get("hidden", []))]
-    return sandbox.nbgrader_launch(kernel_limits, workdir / "sandbox-state", hidden)
+    hidden = [ROOT, *map(Path, job.get("hidden", []))]
+    return sandbox.nbgrader_launch(kernel_limits, workdir / "sandbox-state", [workdir, *hidden],
+                                   zygote_for(hidden, workdir))
+
+
+_zygotes = {}  # hidden paths -> this worker's kernel fork server that hides them
+
+
+def zygote_for(hidden, workdir):
+    """This worker's sandbox.Zygote hiding `hidden` (started on first use, again if it died), or None where
+    kernels start in a sandbox of their own: the private course `workdir` is not in its scratch root (which it
+    hides), or it cannot start here (its error is logged)."""
+    from . import sandbox
+
+    key = tuple(sorted(str(path) for path in hidden))
+    zygote = _zygotes.get(key)
+    if zygote is None or (zygote and not zygote.alive()):
+        try:
+            zygote = sandbox.Zygote(hidden)
+            atexit.register(zygote.close)  # its folder (a socket) removed; killed, the worker leaves it behind
+        except sandbox.SandboxUnavailable as error:
+            print(f"kernels start one by one, each in a sandbox of its own: {error}", file=sys.stderr)
+            zygote = False  # not tried again by this worker
+        _zygotes[key] = zygote
+    return zygote if zygote and workdir.resolve().is_relative_to(zygote.scratch_root) else None
 
 
 def kernel_events(job, workdir):

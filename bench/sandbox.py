@@ -1,9 +1,11 @@
-"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox.py costs a kernel, against a plain one.
+"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox.py costs a kernel, against a plain one,
+both ways a sandboxed kernel starts (in a bwrap sandbox of its own, a fresh interpreter; forked by a Zygote that
+has imported torch, numpy, matplotlib and ipykernel once, as the grading workers do).
 
 Run from the repository root:  python -m bench.sandbox [--repeats 3] [--cells 200]
-For each kind of kernel, taking turns so that a change in the machine's load affects both alike, the best of
+For each kind of kernel, taking turns so that a change in the machine's load affects all alike, the best of
 `repeats` runs of: starting the kernel until it answers, a first cell that imports torch, and `cells` empty
-cells one after another (per-cell overhead). Prints seconds and the sandboxed/plain ratio.
+cells one after another (per-cell overhead). Prints seconds and each sandboxed/plain ratio.
 """
 import argparse
 import os
@@ -45,22 +47,36 @@ def main(argv=None):
     parser.add_argument("--cells", type=int, default=200)
     args = parser.parse_args(argv)
     sandbox.check_available()
-    state = Path(tempfile.mkdtemp())
-    options, env = sandbox.nbgrader_launch(sandbox.Limits(), state, [ROOT])
-    os.environ.update(env)  # where the sandbox's kernelspec is
-    config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
+    scratch = Path(tempfile.mkdtemp())
+    zygote = sandbox.Zygote([ROOT])
     kinds = {"plain": lambda: KernelManager(kernel_name="python3"),
-             "sandboxed": lambda: KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)}
+             "own sandbox": sandboxed_kernels(scratch / "own", None),
+             "zygote fork": sandboxed_kernels(scratch / "zygote", zygote)}
     best = {kind: {} for kind in kinds}
-    for _ in range(args.repeats):
-        for kind, make_manager in kinds.items():
-            for step, seconds in timings(make_manager(), args.cells).items():
-                best[kind][step] = min(best[kind].get(step, float("inf")), seconds)
-    shutil.rmtree(state)
-    print(f"{'step':<14}{'plain':>12}{'sandboxed':>12}{'ratio':>8}   (best of {args.repeats})")
-    for step in best["plain"]:
-        plain, sandboxed = best["plain"][step], best["sandboxed"][step]
-        print(f"{step:<14}{plain * 1e3:>10.1f}ms{sandboxed * 1e3:>10.1f}ms{sandboxed / plain:>8.2f}")
+    try:
+        for _ in range(args.repeats):
+            for kind, make_manager in kinds.items():
+                for step, seconds in timings(make_manager(), args.cells).items():
+                    best[kind][step] = min(best[kind].get(step, float("inf")), seconds)
+    finally:
+        zygote.close()
+        shutil.rmtree(scratch)
+    print(f"{'step':<14}" + "".join(f"{kind:>14}" for kind in kinds) + f"   sandboxed/plain (best of {args.repeats})")
+    for step, plain in best["plain"].items():
+        print(f"{step:<14}" + "".join(f"{best[kind][step] * 1e3:>12.1f}ms" for kind in kinds) + "   " +
+              "  ".join(f"{best[kind][step] / plain:.2f}" for kind in kinds if kind != "plain"))
+
+
+def sandboxed_kernels(state, zygote):
+    """A function that makes a KernelManager for a sandboxed kernel (forked by `zygote` unless None)."""
+    options, env = sandbox.nbgrader_launch(sandbox.Limits(), state, [ROOT], zygote)
+    config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
+
+    def make_manager():
+        os.environ.update(env)  # where this sandbox's kernelspec is
+        return KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
+
+    return make_manager
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The sandboxed kernel (autograder/sandbox.py): what student code can see, write, reach and use up, driven
-through jupyter_client with nbgrader's options, and one real `nbgrader autograde` of a toy assignment."""
+through jupyter_client with nbgrader's options, and one real `nbgrader autograde` of a toy assignment. Every test
+runs both ways a kernel starts: in a bwrap sandbox of its own, and forked by a Zygote (what the workers use)."""
 import json
 import os
 import socket
@@ -31,13 +32,13 @@ except sandbox.SandboxUnavailable as unavailable:
 class Kernel:
     """A sandboxed kernel started as nbgrader would start it: from the options nbgrader_launch returns."""
 
-    def __init__(self, tmp_path, limits=sandbox.Limits(), hidden=()):
+    def __init__(self, tmp_path, zygote, limits=sandbox.Limits(), hidden=()):
         self.state = tmp_path / "state"
         self.workdir = tmp_path / "work"
         self.workdir.mkdir()
         (self.workdir / "helper.py").write_text("VALUE = 7\n")
         (self.workdir / "notebook.ipynb").write_text("{}")  # nbgrader's notebook, with the hidden tests
-        options, env = sandbox.nbgrader_launch(limits, self.state, [ROOT, *hidden])
+        options, env = sandbox.nbgrader_launch(limits, self.state, [ROOT, *hidden], zygote)
         config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
         self.manager = KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
         with pytest.MonkeyPatch.context() as patch:  # env: JUPYTER_PATH, where the kernelspec is
@@ -78,12 +79,25 @@ class Kernel:
         return sandbox.kernel_events(self.state)
 
 
+@pytest.fixture(scope="module", params=["own sandbox", "zygote"])
+def zygote(request):
+    """None: each kernel starts in a bwrap sandbox of its own; else the fork server that kernels come from."""
+    if request.param == "own sandbox":
+        yield None
+        return
+    with pytest.MonkeyPatch.context() as patch:  # the zygote's environment must not leak the grader's either
+        patch.setenv("GRADER_SECRET", SECRET)
+        server = sandbox.Zygote([ROOT])
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
+def kernel(tmp_path_factory, zygote):
     """One kernel shared by the read-only checks, started by a grader with a secret in its environment."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GRADER_SECRET", SECRET)
-        started = Kernel(tmp_path_factory.mktemp("shared"))
+        started = Kernel(tmp_path_factory.mktemp("shared"), zygote)
     yield started
     started.shutdown()
 
@@ -156,8 +170,8 @@ def test_the_grader_environment_does_not_leak(kernel):
 
 @pytest.mark.skipif(not sandbox.Cgroups.usable("pids") and os.geteuid() == 0,
                     reason="no pids cgroup, and RLIMIT_NPROC does not bind root")
-def test_a_fork_bomb_hits_the_process_limit(tmp_path):
-    kernel = Kernel(tmp_path, sandbox.Limits(processes=40))
+def test_a_fork_bomb_hits_the_process_limit(tmp_path, zygote):
+    kernel = Kernel(tmp_path, zygote, sandbox.Limits(processes=40))
     printed, _ = kernel.run("import subprocess\n"
                             "children = []\n"
                             "try:\n"
@@ -172,11 +186,11 @@ def test_a_fork_bomb_hits_the_process_limit(tmp_path):
     assert kernel.events() == (["reached the limit of 40 processes"] if sandbox.Cgroups.usable("pids") else [])
 
 
-def test_a_memory_bomb_is_stopped(tmp_path):
+def test_a_memory_bomb_is_stopped(tmp_path, zygote):
     """A cgroup kills the kernel at its limit, and the events say so; RLIMIT_AS (no cgroup) refuses the memory,
     at a limit the kernel itself can start under."""
     cgroup = sandbox.Cgroups.usable("memory")
-    kernel = Kernel(tmp_path, sandbox.Limits(memory_bytes=(300 if cgroup else 1000) * 2**20))
+    kernel = Kernel(tmp_path, zygote, sandbox.Limits(memory_bytes=(300 if cgroup else 1000) * 2**20))
     try:
         if cgroup:
             assert kernel.run_until_it_dies("hog = b'x' * 2 * 10**9")
@@ -211,10 +225,10 @@ def kernel_records(kernel):
     return [json.loads(line) for line in (kernel.state / sandbox.EVENTS_FILE).read_text().splitlines()]
 
 
-def test_a_kernel_leaves_nothing_behind(tmp_path):
+def test_a_kernel_leaves_nothing_behind(tmp_path, zygote):
     """What the kernel writes stays inside; after an ordinary shutdown no process it started is left, no event."""
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
-    kernel = Kernel(tmp_path)
+    kernel = Kernel(tmp_path, zygote)
     runtime = kernel.state / "runtime"
     kernel.run("import subprocess\n"
                f"children = [subprocess.Popen(['sleep', '{marker}'], start_new_session=True) for _ in range(20)]\n"
@@ -225,9 +239,9 @@ def test_a_kernel_leaves_nothing_behind(tmp_path):
     assert kernel.events() == [] and len(kernel_records(kernel)) == 1
 
 
-def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path):
+def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path, zygote):
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
-    kernel = Kernel(tmp_path)
+    kernel = Kernel(tmp_path, zygote)
     kernel.run(f"import subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)")
     # Catastrophic backtracking holds the GIL in C for hours: not even ipykernel's control thread can answer the
     # shutdown request (a plain `while True: pass` lets it, and the kernel then ends normally).
@@ -237,6 +251,30 @@ def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path):
     # the supervisor cleans up just after nbgrader's SIGKILL to the launcher
     assert eventually(lambda: processes_with(marker) == [] and kernel.events()), kernel_records(kernel)
     assert kernel.events() == ["kernel did not shut down when asked and was killed"]
+
+
+def test_a_forked_kernel_finds_nothing_of_the_one_before(tmp_path, zygote):
+    """Kernels forked by one zygote follow each other: what one writes or starts is gone for the next, which
+    sees neither the zygote nor its own launcher's processes, and still has what the zygote imported."""
+    if zygote is None:
+        pytest.skip("kernels in a sandbox of their own share nothing")
+    marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
+    places = ["/tmp/left", f"{Path.home()}/left", "/dev/shm/left", "left"]
+    (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
+    first = Kernel(tmp_path / "first", zygote)
+    first.run("import subprocess\n"
+              f"child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+              f"for path in {places!r}:\n"
+              "    open(path, 'w').write('secret')")
+    first.shutdown()
+    assert eventually(lambda: processes_with(marker) == [])
+    second = Kernel(tmp_path / "second", zygote)
+    printed, error = second.run("import os, sys\n"
+                                f"print([os.path.exists(path) for path in {places!r}], "
+                                "sorted(name for name in os.listdir('/proc') if name.isdigit()), "
+                                "'torch' in sys.modules)")
+    second.shutdown()
+    assert (printed, error) == ("[False, False, False, False] ['1', '2'] True\n", "")
 
 
 def test_check_available_says_what_to_do_without_bwrap(monkeypatch, tmp_path):
@@ -271,7 +309,7 @@ def write_notebook(notebook, path):
     nbformat.write(notebook, path)
 
 
-def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
+def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch, zygote):
     course = tmp_path / "course"
     source = nbformat.v4.new_notebook(cells=[
         cell("code", "def answer():\n    ### BEGIN SOLUTION\n    return 42\n    ### END SOLUTION", "answer",
@@ -294,7 +332,7 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch):
     submission.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))  # stopped by the cell timeout
     write_notebook(submission, course / "submitted" / "alice" / "toy" / "toy.ipynb")
 
-    options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT])
+    options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT], zygote)
     subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice",
                     f"--CourseDirectory.root={course}", "--Execute.timeout=3", *options],
                    check=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True)
