@@ -7,7 +7,8 @@ figures: run them on a quiet machine, or compare only figures of one run.
         per-student nbgrader   one `nbgrader autograde --student` process per student, no sandbox (the grader
                                before the unit: nbgrader's start-up paid for every student)
         unit, no sandbox       autograder.unit workers (nbgrader imported once per worker), --unsafe-no-sandbox
-        unit, sandbox          the same, every kernel in the bubblewrap sandbox (the default)
+        unit, sandbox          the same, every kernel in the bubblewrap sandbox (the default), forked from the
+                               worker's zygote, which has imported torch, numpy, matplotlib and ipykernel once
         It grades in a temporary course folder; grades are not written anywhere.
 
     python -m bench.grading --throughput [--students 100] [--jobs 2] [--batch-size 5]
@@ -18,8 +19,8 @@ figures: run them on a quiet machine, or compare only figures of one run.
         phase (first job sent to last result written into the gradebook, summed over the parts), the whole run
         (feedback and grades.csv included), the load average before and after.
 
-Scaling on paper (grading on a cluster). A notebook costs a worker w seconds (about 6 s on a quiet core here,
-mostly the student's code and the kernel's start-up) and the coordinator c seconds: writing the result (the
+Scaling on paper (grading on a cluster). A notebook costs a worker w seconds (about 4 s on a quiet core here,
+mostly the student's code and the tests, now that kernels are forked from a zygote) and the coordinator c seconds: writing the result (the
 gradebook through nbgrader's SaveAutoGrades into SQLite, the autograded notebook, the log, the report) plus its
 feedback HTML, which the coordinator makes with its local pool of --jobs processes. N machines of k cores grade
 about N*k/w notebooks per second, until that reaches what the coordinator keeps up with, about 1/c_record for the
@@ -181,9 +182,9 @@ def unit_timings(args):
             print(f"  {label}: statuses {statuses}")
         for label, value in seconds.items():
             print(f"{label:22s} {value:7.1f} s in all, {value / count * args.jobs:5.1f} s per notebook per job")
-        print(f"sandbox overhead: {seconds['unit, sandbox'] / seconds['unit, no sandbox'] - 1:+.0%}; "
-              f"start-up work: {seconds['per-student nbgrader'] / seconds['unit, sandbox']:.2f}x faster "
-              f"(sandboxed) than the former per-student nbgrader")
+        print(f"the sandboxed unit (kernels forked from a zygote) against the unsandboxed one (fresh kernels): "
+              f"{seconds['unit, sandbox'] / seconds['unit, no sandbox']:.2f}x the time; against the former "
+              f"per-student nbgrader: {seconds['per-student nbgrader'] / seconds['unit, sandbox']:.2f}x faster")
 
         _, (bomb,) = time_units([memory_bomb_job(course, args.notebooks[0])], 1)
         print(f"memory bomb (8 GiB asked, 1 GiB limit): status {bomb['status']}, reason {bomb['reason']!r}, "
