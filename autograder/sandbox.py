@@ -20,8 +20,9 @@ each kernel (exit code, killed for memory...) to <state_dir>/events.jsonl, which
 
 With a `Zygote` (what the grading workers use), the launcher asks it for the kernel instead of starting bwrap:
 the zygote is a fork server, started once in a bwrap sandbox with the same hidden paths, that has imported what
-every kernel imports and forks each kernel into the same isolation as above (autograder/zygote.py says how),
-which saves a fresh interpreter's start-up for every student.
+every kernel imports and forks each kernel into the same isolation as above but for the user and network
+namespaces, which the kernels of one worker share with it one after the other (no network there either);
+autograder/zygote.py says how. That saves a fresh interpreter's start-up for every student.
 
     options, env = nbgrader_launch(Limits(), state_dir, hidden=[course, repository], zygote=None)
     subprocess.run([python, "-m", "nbgrader", "autograde", ..., *options], env={**os.environ, **env})
@@ -165,17 +166,18 @@ class Zygote:
                                         env=kernel_environment(), start_new_session=True)
         ready, _, _ = select.select([self.process.stdout], [], [], start_seconds)
         if not ready or self.process.stdout.readline() != b"ready\n":
-            self.close()
             self.errors.seek(0)
-            raise SandboxUnavailable(f"the kernel fork server did not start: "
-                                     f"{self.errors.read().decode(errors='replace')[-2000:] or 'no message'}")
+            message = self.errors.read().decode(errors="replace")[-2000:] or "no message"
+            self.close()
+            raise SandboxUnavailable(f"the kernel fork server did not start: {message}")
 
     def alive(self):
         return self.process.poll() is None
 
     def close(self):
-        self.process.kill()
+        self.process.kill()  # bwrap: the zygote and its forks follow (parent-death signals)
         self.process.wait()
+        self.errors.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -518,11 +520,11 @@ class ZygoteKernel:
         self.connection.connect(settings["zygote"]["socket"])
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         with open(connection_file(kernel)) as file:
-            connection = file.read()
+            connection_info = file.read()
         private = [PRIVATE_TMP, home_folder(), "/dev/shm", settings["zygote"]["scratch_root"]]
         request = {"kernel": kernel, "cwd": os.getcwd(), "files": scratch_listing(os.getcwd()),
                    "runtime": settings["runtime"], "connection_file": connection_file(kernel),
-                   "connection": connection, "private": existing(outermost(private)),
+                   "connection": connection_info, "private": existing(outermost(private)),
                    "needed": settings["needed"], "memory_bytes": limits.memory_bytes,
                    "environment": kernel_environment(),
                    "rlimits": resource_limits(limits, cgroups)}
@@ -565,9 +567,10 @@ def outermost(folders):
 def forked_from_zygote(settings):
     """Whether the launcher asks the zygote: there is one, and the kernel's folders lie where it can make them."""
     zygote = settings.get("zygote")
-    roots = zygote and [PRIVATE_TMP, zygote["scratch_root"]]
-    return bool(zygote) and all(any(Path(path).is_relative_to(root) for root in roots)
-                                for path in (os.getcwd(), settings["runtime"]))
+    if not zygote:
+        return False
+    roots = [PRIVATE_TMP, zygote["scratch_root"]]
+    return all(any(Path(path).is_relative_to(root) for root in roots) for path in (os.getcwd(), settings["runtime"]))
 
 
 def supervise(settings, kernel, grader_alive):

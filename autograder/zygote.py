@@ -127,8 +127,11 @@ def fork_kernel(connection, inherited):
     pid = os.fork()
     if pid:
         return pid
-    for item in inherited:  # the other kernels' connections: not this student's business
-        os.close(item) if isinstance(item, int) else item.close()
+    for item in inherited:  # the listener, the other kernels' connections: not this student's business
+        if isinstance(item, int):
+            os.close(item)
+        else:
+            item.close()
     exit_with(build_sandbox, connection)
 
 
@@ -137,6 +140,8 @@ def exit_with(function, *arguments):
     code = 1
     try:
         code = function(*arguments)
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
     except BaseException:
         import traceback
 
@@ -238,7 +243,7 @@ def run_kernel(request):
     random.seed()  # a fresh interpreter's seeds, not the zygote's
     if "numpy.random" in sys.modules:
         sys.modules["numpy.random"].seed()
-    python, option, code, *arguments = request["kernel"]
+    _, option, code, *arguments = request["kernel"]  # [python, "-c", KERNEL_CODE, "-f", connection file]
     sys.argv = [option, *arguments]
     exec(compile(code, "<kernel>", "exec"), {"__name__": "__main__"})
 

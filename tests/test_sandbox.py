@@ -18,7 +18,7 @@ from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from autograder import sandbox
+from autograder import sandbox, unit
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-" + uuid.uuid4().hex
@@ -275,6 +275,25 @@ def test_a_forked_kernel_finds_nothing_of_the_one_before(tmp_path, zygote):
                                 "'torch' in sys.modules)")
     second.shutdown()
     assert (printed, error) == ("[False, False, False, False] ['1', '2'] True\n", "")
+
+
+def test_without_a_zygote_workers_start_kernels_one_by_one(monkeypatch, tmp_path, capsys):
+    """A fork server that cannot start says why; the worker then starts each kernel in a sandbox of its own,
+    without trying again for every student."""
+    failing = [sys.executable, "-c", "import sys; sys.stderr.write('no namespaces here'); sys.exit(1)"]
+    monkeypatch.setattr(sandbox, "zygote_command", lambda *arguments: failing)
+    with pytest.raises(sandbox.SandboxUnavailable, match="no namespaces here"):
+        sandbox.Zygote([ROOT])
+    starts = []
+
+    def unavailable_zygote(hidden):
+        starts.append(hidden)
+        raise sandbox.SandboxUnavailable("no namespaces here")
+
+    monkeypatch.setattr(unit, "_zygotes", {})
+    monkeypatch.setattr(sandbox, "Zygote", unavailable_zygote)
+    assert [unit.zygote_for([ROOT], tmp_path) for _ in range(3)] == [None] * 3 and len(starts) == 1
+    assert "kernels start one by one" in capsys.readouterr().err
 
 
 def test_check_available_says_what_to_do_without_bwrap(monkeypatch, tmp_path):
