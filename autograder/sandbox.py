@@ -156,12 +156,12 @@ class Zygote:
     It ends with the process that started it."""
 
     def __init__(self, hidden, scratch_root=None, start_seconds=600):
-        self.hidden = sorted(str(Path(path).resolve()) for path in hidden)
         self.scratch_root = Path(scratch_root or tempfile.gettempdir()).resolve()
         self.folder = Path(tempfile.mkdtemp(prefix="dgm-zygote-", dir=self.scratch_root))
         self.socket = self.folder / "zygote.sock"
         self.errors = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(zygote_command(self.hidden, self.scratch_root, self.folder),
+        hidden = [str(Path(path).resolve()) for path in hidden]
+        self.process = subprocess.Popen(zygote_command(hidden, self.scratch_root, self.socket),
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errors,
                                         env=kernel_environment(), start_new_session=True)
         ready, _, _ = select.select([self.process.stdout], [], [], start_seconds)
@@ -181,18 +181,20 @@ class Zygote:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def zygote_command(hidden, scratch_root, folder):
-    """bwrap running the zygote: the kernels' file system and isolation, but the capabilities of its own user
-    namespace kept (as its root) so that each fork can build its sandbox; nobody inside can make user namespaces."""
+def zygote_command(hidden, scratch_root, socket_path):
+    """bwrap running the zygote, listening at `socket_path`: the kernels' file system and isolation, but the
+    capabilities of its own user namespace kept (as its root) so that each fork can build its sandbox; nobody
+    inside can make user namespaces. Its hostname passes to the forks' own UTS namespaces."""
     isolation = [option for option in sandbox_options() if option not in ("--cap-drop", "ALL", "--disable-userns")]
     hidden = existing(hidden)
     command = [bwrap_path(), *isolation, "--uid", "0", "--gid", "0", "--cap-add", "ALL", "--hostname", "sandbox",
                *file_system(Limits().memory_bytes, hidden, [str(path) for path in needed_paths()])]
     if not scratch_root.is_relative_to(PRIVATE_TMP):
         command += ["--tmpfs", str(scratch_root)]
-    command += ["--bind", str(folder), str(folder), *read_only_again([*hidden, "/dev"])]
+    folder = str(socket_path.parent)
+    command += ["--bind", folder, folder, *read_only_again([*hidden, "/dev"])]
     source = (Path(__file__).parent / "zygote.py").read_text()
-    return [*command, sys.executable, "-c", source, str(folder / "zygote.sock")]
+    return [*command, sys.executable, "-c", source, str(socket_path)]
 
 
 def kernel_events(state_dir):
@@ -451,6 +453,7 @@ def kernel_environment():
 
 
 PRIVATE_TMP = "/tmp"  # inside the sandbox: an empty tmpfs of its own over the host's /tmp
+PRIVATE_SHM = "/dev/shm"  # POSIX shared memory: a fresh tmpfs in every kernel forked from a zygote
 
 
 def home_folder():
@@ -521,7 +524,7 @@ class ZygoteKernel:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         with open(connection_file(kernel)) as file:
             connection_info = file.read()
-        private = [PRIVATE_TMP, home_folder(), "/dev/shm", settings["zygote"]["scratch_root"]]
+        private = [PRIVATE_TMP, home_folder(), PRIVATE_SHM, settings["zygote"]["scratch_root"]]
         request = {"kernel": kernel, "cwd": os.getcwd(), "files": scratch_listing(os.getcwd()),
                    "runtime": settings["runtime"], "connection_file": connection_file(kernel),
                    "connection": connection_info, "private": existing(outermost(private)),

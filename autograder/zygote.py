@@ -164,8 +164,7 @@ def build_sandbox(connection):
     if connection.recv(1) != b"g":  # the launcher could not put us into the cgroups
         return 1
     connection.close()
-    check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), "unshare")
-    check(LIBC.sethostname(b"sandbox", 7), "sethostname")
+    check(LIBC.unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID), "unshare")  # hostname copied
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Fresh tmpfs over the zygote's own (what an earlier student left); what the kernel needs from below them
     # (the interpreter, in $HOME with pyenv) bound back, still read-only.

@@ -20,11 +20,12 @@ figures: run them on a quiet machine, or compare only figures of one run.
         (feedback and grades.csv included), the load average before and after.
 
 Scaling on paper (grading on a cluster). A notebook costs a worker w seconds (about 4 s on a quiet core here,
-mostly the student's code and the tests, now that kernels are forked from a zygote) and the coordinator c seconds: writing the result (the
-gradebook through nbgrader's SaveAutoGrades into SQLite, the autograded notebook, the log, the report) plus its
-feedback HTML, which the coordinator makes with its local pool of --jobs processes. N machines of k cores grade
-about N*k/w notebooks per second, until that reaches what the coordinator keeps up with, about 1/c_record for the
-results (serial, one thread) and jobs/c_feedback for the feedback; past N*k = w/c adding machines gives nothing.
+mostly the student's code and the tests, now that kernels are forked from a zygote) and the coordinator c
+seconds: writing the result (the gradebook through nbgrader's SaveAutoGrades into SQLite, the autograded notebook,
+the log, the report) plus its feedback HTML, which the coordinator makes with its local pool of --jobs
+processes. N machines of k cores grade about N*k/w notebooks per second, until that reaches what the coordinator
+keeps up with, about 1/c_record for the results (serial, one thread) and jobs/c_feedback for the feedback; past
+N*k = w/c adding machines gives nothing.
 Dask's own cost is per batch (one task of a few hundred kilobytes: the assignment's source and release and the
 batch's submissions, and one round trip), paid once per --batch-size students, and its scheduler handles well
 over a thousand tasks a second, so it is not the limit for tasks that take a minute. SQLite takes one writer at a

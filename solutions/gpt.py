@@ -401,8 +401,9 @@ def block_with_cache(block, x, cache, layer):
     qkv = F.linear(torch.layer_norm(x, *block.ln_1), *block.c_attn)
     q, keys_and_values = qkv.view(B, T, 3, block.n_head, C // block.n_head).permute(2, 0, 3, 1, 4).split([1, 2])
     k, v = cache.store(layer, keys_and_values)
-    # The prompt: queries and keys are the same positions, is_causal is exactly the causal mask.
-    y = F.scaled_dot_product_attention(q[0], k, v, is_causal=T > 1)
+    # Only the prompt or a cropped window comes here (an empty cache, T > 1): queries and keys are the same
+    # positions, and is_causal is exactly the causal mask.
+    y = F.scaled_dot_product_attention(q[0], k, v, is_causal=True)
     return attention_and_mlp_outputs(block, x, y.transpose(1, 2).reshape(B, T, C))
 
 

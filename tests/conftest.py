@@ -1,7 +1,9 @@
 """Shared fixtures and markers: one fresh build of the whole release per test session, in a temporary folder;
-the `mnist` marker for tests that need the data set."""
+running a cell of a release notebook; the `mnist` marker for tests that need the data set."""
+from pathlib import Path
 from types import SimpleNamespace
 
+import nbformat
 import pytest
 
 from autograder import release
@@ -13,6 +15,21 @@ def pytest_runtest_setup(item):
     raw = course_utils.data_root() / "MNIST" / "raw"
     if item.get_closest_marker("mnist") and not raw.is_dir():
         pytest.skip(f"MNIST is not in {raw.resolve()} (set {course_utils.DATA_DIR_VARIABLE})")
+
+
+@pytest.fixture
+def run_release_cell():
+    """run(notebook, containing, namespace): run the code cell of assignment/<notebook>.ipynb that contains
+    `containing` in `namespace` (a dict, updated and returned)."""
+    assignment = Path(__file__).resolve().parent.parent / "assignment"
+
+    def run(notebook, containing, namespace):
+        release = nbformat.read(assignment / f"{notebook}.ipynb", as_version=4)
+        cell = next(cell for cell in release.cells if cell.cell_type == "code" and containing in cell.source)
+        exec(cell.source, namespace)
+        return namespace
+
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
@@ -75,13 +74,13 @@ def test_the_published_reference_weights_are_the_runs_the_book_reports(model_nam
 
 
 @pytest.mark.mnist
-def test_with_load_reference_question_6_shows_the_reference_models_without_training(monkeypatch):
+def test_with_load_reference_question_6_shows_the_reference_models_without_training(monkeypatch,
+                                                                                   run_release_cell):
     monkeypatch.setenv(course_utils.REFERENCE_DIR_VARIABLE, str(ROOT / "book" / "results" / "part2_aae"))
     monkeypatch.setattr(aae, "train", lambda *args: pytest.fail("LOAD_REFERENCE must not train"))
     shown = []
     monkeypatch.setattr(aae, "plot_latent_space", lambda codes, labels, title: shown.append(title))
-    release = nbformat.read(ROOT / "assignment" / "part2_aae.ipynb", as_version=4)
-    cell = next(cell for cell in release.cells if cell.cell_type == "code" and "load_reference(" in cell.source)
-    exec(cell.source, {**vars(aae), "course_utils": course_utils, "LOAD_REFERENCE": True, "BUDGET": {"epochs": 1},
-                       "CPU_SECONDS_PER_MODEL": 1})
+    run_release_cell("part2_aae", "load_reference(", {**vars(aae), "course_utils": course_utils,
+                                                       "LOAD_REFERENCE": True, "BUDGET": {"epochs": 1},
+                                                       "CPU_SECONDS_PER_MODEL": 1})
     assert shown == ["reference plain autoencoder (100 epochs), z_dim 2", "reference AAE (100 epochs), z_dim 2"]

@@ -259,7 +259,7 @@ def test_a_forked_kernel_finds_nothing_of_the_one_before(tmp_path, zygote):
     if zygote is None:
         pytest.skip("kernels in a sandbox of their own share nothing")
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
-    places = ["/tmp/left", f"{Path.home()}/left", "/dev/shm/left", "left"]
+    places = [f"{folder}/left" for folder in (sandbox.PRIVATE_TMP, Path.home(), sandbox.PRIVATE_SHM)] + ["left"]
     (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
     first = Kernel(tmp_path / "first", zygote)
     first.run("import subprocess\n"

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
@@ -77,19 +76,12 @@ def test_the_published_reference_weights_are_the_run_the_book_reports():
     assert abs(test_bpd - metrics["test_bpd"][-1]) < 0.03, (test_bpd, metrics["test_bpd"][-1])
 
 
-def run_release_cell(containing, namespace):
-    """Run the code cell of the Part 1 release notebook that contains `containing`, in `namespace`."""
-    release = nbformat.read(ROOT / "assignment" / "part1_vae.ipynb", as_version=4)
-    cell = next(cell for cell in release.cells if cell.cell_type == "code" and containing in cell.source)
-    exec(cell.source, namespace)
-    return namespace
-
-
-def test_with_load_reference_question_9_shows_the_reference_manifold_without_training(monkeypatch):
+def test_with_load_reference_question_9_shows_the_reference_manifold_without_training(monkeypatch,
+                                                                                     run_release_cell):
     monkeypatch.setenv(course_utils.REFERENCE_DIR_VARIABLE, str(ROOT / "book" / "results" / "part1_vae"))
     monkeypatch.setattr(vae, "fit", lambda *args: pytest.fail("LOAD_REFERENCE must not train"))
     namespace = {**vars(vae), "QUICK": True, "LOAD_REFERENCE": True, "DEVICE": torch.device("cpu")}
-    namespace = run_release_cell('load_reference(', namespace)
+    namespace = run_release_cell("part1_vae", "load_reference(", namespace)
     assert namespace["config_2d"].epochs == 80 and namespace["manifold"].shape == (3, 602, 602)
     reference = torch.load(ROOT / "book" / "results" / "part1_vae" / "vae_z2.pt")
     assert all(torch.equal(value, reference[name]) for name, value in namespace["model_2d"].state_dict().items())
