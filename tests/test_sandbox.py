@@ -242,13 +242,14 @@ def test_a_kernel_leaves_nothing_behind(tmp_path, zygote):
 def test_a_kernel_that_does_not_shut_down_is_killed(tmp_path, zygote):
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
     kernel = Kernel(tmp_path, zygote)
-    kernel.run(f"import subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)")
-    # Catastrophic backtracking holds the GIL in C for hours: not even ipykernel's control thread can answer the
-    # shutdown request (a plain `while True: pass` lets it, and the kernel then ends normally).
-    kernel.client.execute("import re; re.match(r'(a+)+$', 'a' * 64 + 'b')")
+    # Student code that refuses to stop: it ignores the interrupt jupyter_client sends first and drops the shutdown
+    # request (as a C call that holds the GIL for hours would, but without depending on when that call starts).
+    kernel.run(f"import signal, subprocess; child = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+               "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+               "get_ipython().kernel.control_handlers['shutdown_request'] = lambda *message: None")
     kernel.manager.shutdown_wait_time = 1
     kernel.shutdown()
-    # the supervisor cleans up just after nbgrader's SIGKILL to the launcher
+    # the supervisor cleans up once jupyter_client's SIGTERM (or SIGKILL) ends the launcher
     assert eventually(lambda: processes_with(marker) == [] and kernel.events()), kernel_records(kernel)
     assert kernel.events() == ["kernel did not shut down when asked and was killed"]
 
