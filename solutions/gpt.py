@@ -5,6 +5,7 @@
 """Part 3 of the course: a character-level GPT (minGPT-style), its training, and fast generation."""
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
@@ -345,21 +346,34 @@ class KeyValueCache:
 class OneTokenViews:
     """What the step of one new token needs in a layer whose cache is `cached` [2, B, n_head, block_size,
     head_dim], made once: a buffer [B, 3 * n_embd] for the query/key/value projection, seen as the query
-    [B, n_head, 1, head_dim] and as the keys and values [2, B, n_head, head_dim], and the cache's slot of each
-    position. A view costs about a microsecond; made at every step, they cost an eighth to a fifth of a token's
+    [B, n_head, 1, head_dim] and as the keys and values [2, B, n_head, head_dim], the cache's slot of each
+    position, and its keys and values [B, n_head, block_size, head_dim]. A view costs about a microsecond; made at every step, they cost an eighth to a fifth of a token's
     time (gpt-mini, batch 1, CPU, measured side by side)."""
 
     def __init__(self, cached):
         _, batch_size, n_head, _, head_dim = cached.shape
-        self.cached = cached
         self.qkv = cached.new_empty(batch_size, 3 * n_head * head_dim)
         query, self.keys_and_values = self.qkv.view(batch_size, 3, n_head, head_dim).transpose(0, 1).split([1, 2])
         self.query = query[0].unsqueeze(2)
         self.slots = cached.unbind(3)  # slots[position]: [2, B, n_head, head_dim]
+        self.keys, self.values = cached.unbind(0)  # [B, n_head, block_size, head_dim]
 
 
 def layer_norm_arguments(layer):
     return layer.normalized_shape, layer.weight, layer.bias, layer.eps
+
+
+def linear_arguments(layer):
+    """A Linear layer's bias and transposed weight, made once: torch.addmm(bias, x, weight.t()) is what F.linear
+    computes for a matrix x, and F.linear would make the transposed view again at every call (see `linear`)."""
+    return layer.bias, layer.weight.t()
+
+
+def linear(x, arguments):
+    """F.linear for a matrix x [N, in_features], given the layer's linear_arguments. Skipping F.linear's own
+    transpose and dispatch saves about 2 us of each of the 24 products of a token of gpt-mini (measured)."""
+    bias, weight_t = arguments
+    return torch.addmm(bias, x, weight_t)
 
 
 class BlockWeights:
@@ -368,10 +382,8 @@ class BlockWeights:
     def __init__(self, block):
         self.n_head = block.attn.n_head
         self.ln_1, self.ln_2 = layer_norm_arguments(block.ln_1), layer_norm_arguments(block.ln_2)
-        self.c_attn = block.attn.c_attn.weight, block.attn.c_attn.bias
-        self.attn_proj = block.attn.c_proj.weight, block.attn.c_proj.bias
-        self.c_fc = block.mlp.c_fc.weight, block.mlp.c_fc.bias
-        self.mlp_proj = block.mlp.c_proj.weight, block.mlp.c_proj.bias
+        self.c_attn, self.attn_proj = linear_arguments(block.attn.c_attn), linear_arguments(block.attn.c_proj)
+        self.c_fc, self.mlp_proj = linear_arguments(block.mlp.c_fc), linear_arguments(block.mlp.c_proj)
 
 
 class GPTWeights:
@@ -387,32 +399,41 @@ class GPTWeights:
         self.lm_head = model.lm_head.weight
 
 
+def add_projection(x, y, arguments):
+    """x + linear(y, arguments), written into x. torch.addmm would copy its bias into a new tensor before the
+    product; addmm_ accumulates the product into x itself, then the bias is added."""
+    bias, weight_t = arguments
+    return x.addmm_(y, weight_t).add_(bias)
+
+
 def attention_and_mlp_outputs(block, x, y):
-    """The rest of Block.forward once attention has given y (its heads' outputs, in x's shape): project and add
-    to the residual stream x, then the MLP's residual step."""
-    x = x + F.linear(y, *block.attn_proj)
-    return x + F.linear(F.gelu(F.linear(torch.layer_norm(x, *block.ln_2), *block.c_fc)), *block.mlp_proj)
+    """The rest of Block.forward once attention has given y (its heads' outputs, in x's shape [N, n_embd]):
+    project and add to the residual stream x, then the MLP's residual step. Updates x in place and returns it."""
+    x = add_projection(x, y, block.attn_proj)
+    return add_projection(x, F.gelu(linear(torch.layer_norm(x, *block.ln_2), block.c_fc)), block.mlp_proj)
 
 
 def block_with_cache(block, x, cache, layer):
     """Block.forward in evaluation mode (`block`: its BlockWeights) on the new positions x [B, T_new, n_embd]
     that follow those in `cache`; stores their keys and values as layer number `layer`."""
     B, T, C = x.shape
-    qkv = F.linear(torch.layer_norm(x, *block.ln_1), *block.c_attn)
+    x = x.view(B * T, C)  # one row per position: the products are torch.addmm's
+    qkv = linear(torch.layer_norm(x, *block.ln_1), block.c_attn)
     q, keys_and_values = qkv.view(B, T, 3, block.n_head, C // block.n_head).permute(2, 0, 3, 1, 4).split([1, 2])
     k, v = cache.store(layer, keys_and_values)
     # Only the prompt or a cropped window comes here (an empty cache, T > 1): queries and keys are the same
     # positions, and is_causal is exactly the causal mask.
     y = F.scaled_dot_product_attention(q[0], k, v, is_causal=True)
-    return attention_and_mlp_outputs(block, x, y.transpose(1, 2).reshape(B, T, C))
+    return attention_and_mlp_outputs(block, x, y.transpose(1, 2).reshape(B * T, C)).view(B, T, C)
 
 
 def block_one_token(block, x, views, position):
     """block_with_cache for one new token x [B, n_embd] at `position`, through the layer's OneTokenViews."""
     # The projection writes into the buffer that `views` sees as query, keys and values: no view per token.
-    torch.addmm(block.c_attn[1], torch.layer_norm(x, *block.ln_1), block.c_attn[0].t(), out=views.qkv)
+    bias, weight_t = block.c_attn
+    torch.addmm(bias, torch.layer_norm(x, *block.ln_1), weight_t, out=views.qkv)
     views.slots[position].copy_(views.keys_and_values)
-    keys, values = views.cached.narrow(3, 0, position + 1)
+    keys, values = views.keys.narrow(2, 0, position + 1), views.values.narrow(2, 0, position + 1)
     y = F.scaled_dot_product_attention(views.query, keys, values)  # one query sees every cached position: no mask
     return attention_and_mlp_outputs(block, x, y.view(x.shape))
 
@@ -435,6 +456,19 @@ def forward_with_cache(weights, idx, cache):
     return F.linear(torch.layer_norm(x, *weights.ln_f), weights.lm_head)
 
 
+@contextmanager
+def without_onednn():
+    """PyTorch's own CPU kernels instead of oneDNN's within the block. On CPU PyTorch hands exact GELU to oneDNN,
+    whose call costs about 10 us at any size; PyTorch's own kernel takes 2 to 3 us for one token's 768 values
+    (gpt-mini). Nothing else generate_fast runs goes to oneDNN."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
     """GPT.generate with a key/value cache: the same tokens, each costing one position, not the context."""
     assert not model.training, "call model.eval() first: the cached path has no dropout"
@@ -443,7 +477,8 @@ def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, 
     tokens = idx.new_empty(batch_size, prompt_length + max_new_tokens)
     tokens[:, :prompt_length] = idx
     weights = GPTWeights(model)
-    with torch.inference_mode():  # no_grad, and less bookkeeping on each of the many small operations
+    # inference_mode: no_grad, and less bookkeeping on each of the many small operations
+    with torch.inference_mode(), without_onednn():
         cache = KeyValueCache(model.config, batch_size, like=weights.lm_head)
         for end in range(prompt_length, prompt_length + max_new_tokens):
             if end > block_size:
