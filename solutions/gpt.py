@@ -347,8 +347,9 @@ class OneTokenViews:
     """What the step of one new token needs in a layer whose cache is `cached` [2, B, n_head, block_size,
     head_dim], made once: a buffer [B, 3 * n_embd] for the query/key/value projection, seen as the query
     [B, n_head, 1, head_dim] and as the keys and values [2, B, n_head, head_dim], the cache's slot of each
-    position, and its keys and values [B, n_head, block_size, head_dim]. A view costs about a microsecond; made at every step, they cost an eighth to a fifth of a token's
-    time (gpt-mini, batch 1, CPU, measured side by side)."""
+    position, and its keys and values [B, n_head, block_size, head_dim]. A view costs about a microsecond; made
+    at every step, they cost an eighth to a fifth of a token's time (gpt-mini, batch 1, CPU, measured side by
+    side)."""
 
     def __init__(self, cached):
         _, batch_size, n_head, _, head_dim = cached.shape
