@@ -155,6 +155,15 @@ def test_fast_generation_keeps_its_input_and_runs_one_position_per_step(model, m
     assert lengths == [3] + [1] * (BLOCK_SIZE - 3) + [BLOCK_SIZE] * 2
 
 
+def test_fast_generation_changes_neither_the_model_nor_pytorch_settings(model):
+    """The residual stream is updated in place and oneDNN is off during the call: neither may leak out."""
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    onednn_enabled = torch.backends.mkldnn.enabled
+    gpt.generate_fast(model, prompt(3), BLOCK_SIZE)  # the prompt, single tokens, then cropped windows
+    assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
+    assert torch.backends.mkldnn.enabled == onednn_enabled
+
+
 def test_fast_generation_refuses_training_mode(model):
     with pytest.raises(AssertionError, match="eval"):
         gpt.generate_fast(model.train(), prompt(1), 2)
