@@ -157,7 +157,8 @@ class Zygote:
 
     def __init__(self, hidden, scratch_root=None, start_seconds=600):
         self.scratch_root = Path(scratch_root or tempfile.gettempdir()).resolve()
-        self.folder = Path(tempfile.mkdtemp(prefix="dgm-zygote-", dir=self.scratch_root))
+        # Named after the process that starts it: killed, that process cannot remove it; its parent can.
+        self.folder = Path(tempfile.mkdtemp(prefix=zygote_folder_prefix(os.getpid()), dir=self.scratch_root))
         self.socket = self.folder / "zygote.sock"
         self.errors = tempfile.TemporaryFile()
         hidden = [str(Path(path).resolve()) for path in hidden]
@@ -179,6 +180,15 @@ class Zygote:
         self.process.wait()
         self.errors.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def zygote_folder_prefix(pid):
+    return f"dgm-zygote-{pid}-"
+
+
+def zygote_folders(pid, scratch_root=None):
+    """The folders of the zygotes that process `pid` started in `scratch_root` (default: the temporary folder)."""
+    return list(Path(scratch_root or tempfile.gettempdir()).resolve().glob(zygote_folder_prefix(pid) + "*"))
 
 
 def zygote_command(hidden, scratch_root, socket_path):

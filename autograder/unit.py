@@ -281,7 +281,7 @@ def zygote_for(hidden, workdir):
     if zygote is None or (zygote and not zygote.alive()):
         try:
             zygote = sandbox.Zygote(hidden)
-            atexit.register(zygote.close)  # its folder (a socket) removed; killed, the worker leaves it behind
+            atexit.register(zygote.close)  # its folder (a socket) removed; Worker.stop does it for a killed worker
         except sandbox.SandboxUnavailable as error:
             print(f"kernels start one by one, each in a sandbox of its own: {error}", file=sys.stderr)
             zygote = False  # not tried again by this worker
@@ -425,17 +425,21 @@ class Worker:
 
     def stop(self):
         """Kill the worker and, after a grace period for their own clean-up (the sandbox's supervisor removes its
-        cgroups when the worker is gone), every process that was below it (kernels run in their own session)."""
+        cgroups when the worker is gone), every process that was below it (kernels run in their own session);
+        then remove what the worker's zygote left (its socket's folder)."""
         if self.process is None:
             return
         import psutil
 
+        from . import sandbox
+
+        pid = self.process.pid
         try:
-            below = psutil.Process(self.process.pid).children(recursive=True)
+            below = psutil.Process(pid).children(recursive=True)
         except psutil.NoSuchProcess:
             below = []
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait()
@@ -446,6 +450,8 @@ class Worker:
                 process.kill()
             except psutil.NoSuchProcess:
                 pass
+        for folder in sandbox.zygote_folders(pid):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def close(self):
         if self.process is not None:

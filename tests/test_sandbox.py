@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -276,6 +277,20 @@ def test_a_forked_kernel_finds_nothing_of_the_one_before(tmp_path, zygote):
                                 "'torch' in sys.modules)")
     second.shutdown()
     assert (printed, error) == ("[False, False, False, False] ['1', '2'] True\n", "")
+
+
+def test_a_killed_workers_zygote_folder_is_removed_by_its_parent(zygote):
+    """A worker killed for a notebook's time limit cannot remove its zygote's folder (its socket, in the temporary
+    folder): the folder is named after the process that started the zygote, and the parent's Worker.stop removes
+    those of the worker it killed."""
+    if zygote is None:
+        pytest.skip("no zygote, no folder")
+    assert sandbox.zygote_folders(os.getpid()) == [zygote.folder]
+    worker = unit.Worker()
+    worker.start()
+    left = Path(tempfile.mkdtemp(prefix=sandbox.zygote_folder_prefix(worker.process.pid)))  # as its zygote would
+    worker.stop()
+    assert not left.exists()
 
 
 def test_without_a_zygote_workers_start_kernels_one_by_one(monkeypatch, tmp_path, capsys):
