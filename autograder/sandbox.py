@@ -186,9 +186,10 @@ def zygote_folder_prefix(pid):
     return f"dgm-zygote-{pid}-"
 
 
-def zygote_folders(pid, scratch_root=None):
-    """The folders of the zygotes that process `pid` started in `scratch_root` (default: the temporary folder)."""
-    return list(Path(scratch_root or tempfile.gettempdir()).resolve().glob(zygote_folder_prefix(pid) + "*"))
+def zygote_folders(pid):
+    """The folders of the zygotes that process `pid` started in the temporary folder (their default scratch
+    root, the one the grading workers use)."""
+    return list(Path(tempfile.gettempdir()).resolve().glob(zygote_folder_prefix(pid) + "*"))
 
 
 def zygote_command(hidden, scratch_root, socket_path):

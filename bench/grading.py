@@ -19,7 +19,7 @@ figures: run them on a quiet machine, or compare only figures of one run.
         phase (first job sent to last result written into the gradebook, summed over the parts), the whole run
         (feedback and grades.csv included), the load average before and after.
 
-Scaling on paper (grading on a cluster). A notebook costs a worker w seconds (about 4 s on a quiet core here,
+Scaling on paper (grading on a cluster). A notebook costs a worker w seconds (about 4.4 s on a quiet core here,
 mostly the student's code and the tests, now that kernels are forked from a zygote) and the coordinator c
 seconds: writing the result (the gradebook through nbgrader's SaveAutoGrades into SQLite, the autograded notebook,
 the log, the report) plus its feedback HTML, which the coordinator makes with its local pool of --jobs

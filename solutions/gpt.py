@@ -349,7 +349,7 @@ class OneTokenViews:
     [B, n_head, 1, head_dim] and as the keys and values [2, B, n_head, head_dim], the cache's slot of each
     position, and its keys and values [B, n_head, block_size, head_dim]. A view costs about a microsecond; made
     at every step, they cost an eighth to a fifth of a token's time (gpt-mini, batch 1, CPU, measured side by
-    side)."""
+    side when this class was introduced)."""
 
     def __init__(self, cached):
         _, batch_size, n_head, _, head_dim = cached.shape
@@ -370,11 +370,12 @@ def linear_arguments(layer):
     return layer.bias, layer.weight.t()
 
 
-def linear(x, arguments):
-    """F.linear for a matrix x [N, in_features], given the layer's linear_arguments. Skipping F.linear's own
-    transpose and dispatch saves about 2 us of each of the 24 products of a token of gpt-mini (measured)."""
+def linear(x, arguments, out=None):
+    """F.linear for a matrix x [N, in_features], given the layer's linear_arguments (into `out` if given).
+    F.linear's own transpose and call cost about 2 us of each of the 24 products of a token of gpt-mini (torch
+    profiler: aten::t and aten::linear)."""
     bias, weight_t = arguments
-    return torch.addmm(bias, x, weight_t)
+    return torch.addmm(bias, x, weight_t, out=out)
 
 
 class BlockWeights:
@@ -431,8 +432,7 @@ def block_with_cache(block, x, cache, layer):
 def block_one_token(block, x, views, position):
     """block_with_cache for one new token x [B, n_embd] at `position`, through the layer's OneTokenViews."""
     # The projection writes into the buffer that `views` sees as query, keys and values: no view per token.
-    bias, weight_t = block.c_attn
-    torch.addmm(bias, torch.layer_norm(x, *block.ln_1), weight_t, out=views.qkv)
+    linear(torch.layer_norm(x, *block.ln_1), block.c_attn, out=views.qkv)
     views.slots[position].copy_(views.keys_and_values)
     keys, values = views.keys.narrow(2, 0, position + 1), views.values.narrow(2, 0, position + 1)
     y = F.scaled_dot_product_attention(views.query, keys, values)  # one query sees every cached position: no mask
