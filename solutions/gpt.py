@@ -270,18 +270,24 @@ def estimate_loss(model, data, batch_size, iters):
     return sum(losses) / len(losses)
 
 
-def train(model, train_data, val_data, config, after_evaluation=None):
+def train(model, train_data, val_data, config, after_evaluation=None, resume=None):
     """Train `model` for config.max_iters iterations; return the history of losses and timings.
 
-    after_evaluation(iteration, history), if given, runs after each evaluation (the command-line trainer
-    saves a checkpoint and prints a sample there).
+    after_evaluation(iteration, history, optimizer), if given, runs after each evaluation (the command-line
+    trainer saves a checkpoint and prints a sample there). resume, if given, is the training state a checkpoint
+    saved (its "iteration", "history" and "optimizer"): training goes on after that iteration with the
+    optimizer's moments and the history as they were.
     """
     optimizer = configure_optimizer(model, config.learning_rate, config.weight_decay, config.betas)
     device = next(model.parameters()).device
     history = {"iteration": [], "train_loss": [], "val_loss": [], "step_loss": [], "learning_rate": [],
-               "train_seconds": 0.0}
+               "train_seconds": 0.0, "train_seconds_at_evaluation": []}
+    first = 1
+    if resume is not None:
+        optimizer.load_state_dict(resume["optimizer"])
+        history, first = resume["history"], resume["iteration"] + 1
     model.train()
-    bar = progress(range(1, config.max_iters + 1), desc="training")
+    bar = progress(range(first, config.max_iters + 1), desc="training")
     for iteration in bar:
         learning_rate = learning_rate_at(iteration - 1, config)
         for group in optimizer.param_groups:
@@ -296,9 +302,10 @@ def train(model, train_data, val_data, config, after_evaluation=None):
             history["iteration"].append(iteration)
             history["train_loss"].append(estimate_loss(model, train_data, config.batch_size, config.eval_iters))
             history["val_loss"].append(estimate_loss(model, val_data, config.batch_size, config.eval_iters))
+            history["train_seconds_at_evaluation"].append(history["train_seconds"])
             bar.set_postfix(train=f"{history['train_loss'][-1]:.3f}", val=f"{history['val_loss'][-1]:.3f}")
             if after_evaluation is not None:
-                after_evaluation(iteration, history)
+                after_evaluation(iteration, history, optimizer)
     return history
 
 
@@ -585,6 +592,9 @@ def parse_args(argv=None):
     parser.add_argument("--text", help="a UTF-8 text file (default: Grimms' Fairy Tales in <data-dir>/text/)")
     parser.add_argument("--data-dir", default=None, help="the data folder (default: $DGM_DATA_DIR, else ./data)")
     parser.add_argument("--out", default="runs/gpt", help="where to write metrics, figures and the checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from <out>/checkpoint.pt with its model, settings, optimizer and history "
+                             "(the model and training options of the command line are then ignored)")
     model = parser.add_argument_group("model (a type, then overrides)")
     model.add_argument("--model", choices=list(MODEL_TYPES), default="gpt-mini")
     model.add_argument("--n-layer", type=int)
@@ -613,43 +623,74 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    seed_everything(args.seed)
-    device = torch.device(args.device) if args.device else default_device()
-    vocabulary, train_data, val_data = load_char_data(args.text, args.data_dir)
+def configs_from_args(args, vocabulary):
+    """The GPTConfig and TrainConfig the command line asks for."""
     shape = {**MODEL_TYPES[args.model],
              **{name: getattr(args, name) for name in ("n_layer", "n_head", "n_embd") if getattr(args, name)}}
     model_config = GPTConfig(vocab_size=vocabulary.size, block_size=args.block_size, dropout=args.dropout, **shape)
     train_config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
     train_config.betas = tuple(train_config.betas)
+    return model_config, train_config
+
+
+def load_checkpoint(path):
+    """The trainer's checkpoint at `path`, or a message that says there is none to resume from."""
+    if not path.is_file():
+        raise SystemExit(f"Nothing to resume: {path} does not exist. Train without --resume first (same --out).")
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds the history too
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    checkpoint = load_checkpoint(out / "checkpoint.pt") if args.resume else None
+    seed_everything(args.seed)
+    device = torch.device(args.device) if args.device else default_device()
+    vocabulary, train_data, val_data = load_char_data(args.text, args.data_dir)
+    if checkpoint is None:
+        model_config, train_config = configs_from_args(args, vocabulary)
+    else:  # the run goes on as it started: its settings, not the command line's
+        if checkpoint["vocabulary"] != vocabulary.chars:
+            raise SystemExit(f"{out / 'checkpoint.pt'} was trained on another text: give the same --text.")
+        model_config = GPTConfig(**checkpoint["model_config"])
+        train_config = TrainConfig(**{**checkpoint["train_config"], "betas": tuple(checkpoint["train_config"]["betas"])})
     model = GPT(model_config).to(device)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        torch.set_rng_state(checkpoint["rng_state"])
     if not args.course_attention:
         use_fused_attention(model)
     bfloat16 = args.precision == "bfloat16" or (args.precision == "auto" and bfloat16_pays(device, model_config))
     if bfloat16:
         use_bfloat16(model)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    samples = []
-    train_seconds_at_evaluations = []
+    command = "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = checkpoint["run"] if checkpoint is not None else {"commands": [command], "wall_seconds": 0.0, "samples": []}
+    if checkpoint is not None:
+        run["commands"].append(command)
+    samples = run["samples"]
+    started = time.perf_counter()
 
-    def after_evaluation(iteration, history):
-        train_seconds_at_evaluations.append(history["train_seconds"])
+    def after_evaluation(iteration, history, optimizer):
         text = sample_text(model, vocabulary, length=args.sample_length, do_sample=True, top_k=20)
         samples.append({"iteration": iteration, "val_loss": history["val_loss"][-1], "text": text})
         tqdm.write(f"--- iteration {iteration}, validation loss {history['val_loss'][-1]:.4f} ---\n{text}")
+        saved_run = {**run, "wall_seconds": run["wall_seconds"] + time.perf_counter() - started}
         torch.save({"model": model.state_dict(), "model_config": asdict(model_config),
-                    "vocabulary": vocabulary.chars, "iteration": iteration}, out / "checkpoint.pt")
+                    "train_config": asdict(train_config), "vocabulary": vocabulary.chars, "iteration": iteration,
+                    "optimizer": optimizer.state_dict(), "history": history, "rng_state": torch.get_rng_state(),
+                    "run": saved_run}, out / "checkpoint.pt")
         model.train()
 
-    started = time.perf_counter()
-    warm_up(model, train_data, train_config)
-    history = train(model, train_data, val_data, train_config, after_evaluation)
+    if checkpoint is None:
+        warm_up(model, train_data, train_config)
+    resume = None if checkpoint is None else {key: checkpoint[key] for key in ("iteration", "history", "optimizer")}
+    history = train(model, train_data, val_data, train_config, after_evaluation, resume)
     seconds_per_iteration = history["train_seconds"] / train_config.max_iters
-    first_interval, steady = interval_timings(history["iteration"], train_seconds_at_evaluations)
+    first_interval, steady = interval_timings(history["iteration"], history["train_seconds_at_evaluation"])
     metrics = {
-        "command": "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": run["commands"][0],
+        "resumed_with": run["commands"][1:],
         "device": str(device),
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -657,7 +698,7 @@ def main(argv=None):
         "train_config": asdict(train_config),
         "final_train_loss": history["train_loss"][-1],
         "final_val_loss": history["val_loss"][-1],
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": run["wall_seconds"] + time.perf_counter() - started,
         "attention": "course" if args.course_attention else "fused",
         "precision": "bfloat16" if bfloat16 else "float32",
         "seconds_per_iteration": seconds_per_iteration,
