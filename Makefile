@@ -22,7 +22,7 @@ $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[instructor]'
-	@# The grader runs student code in bubblewrap (autograder/sandbox.py): install it where we can.
+	@# The grader runs student code in bubblewrap (autograder/sandbox/kernelspec.py): install it where we can.
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
 	  || echo "note: install bubblewrap (apt-get install bubblewrap) to grade; see README.md, The sandbox"
@@ -32,11 +32,11 @@ release: $(VENV)/installed
 	$(BIN)/python -m autograder.release
 
 grade: release
-	$(BIN)/python -m autograder.grade --course $(COURSE)
+	$(BIN)/python -m autograder.grading --course $(COURSE)
 
 # The example students of autograder/examples/, in their own course folder: each must score as its file says.
 examples: release
-	$(BIN)/python -m autograder.grade --examples
+	$(BIN)/python -m autograder.grading --examples
 
 book: release
 	$(BIN)/jupyter-book build book --path-output build/book --warningiserror --quiet
@@ -52,7 +52,7 @@ course: examples book
 # make formgrader (grade the written answers), make feedback, make export. COURSE=<folder> for another course.
 collect: $(VENV)/installed
 	$(if $(ZIP),,$(error usage: make collect ZIP=<the zip of submissions downloaded from the LMS>))
-	$(BIN)/python -m autograder.collect "$(ZIP)" --course $(COURSE)
+	$(BIN)/python -m autograder.lms.collect "$(ZIP)" --course $(COURSE)
 
 formgrader: $(VENV)/installed
 	@echo "Formgrader: open the http://localhost:8888/formgrader/?token=... address printed below; Ctrl-C stops it."
@@ -60,14 +60,14 @@ formgrader: $(VENV)/installed
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 feedback: $(VENV)/installed
-	$(BIN)/python -m autograder.feedback --course $(COURSE)
+	$(BIN)/python -m autograder.lms.feedback --course $(COURSE)
 
 export: $(VENV)/installed
-	$(BIN)/python -m autograder.export --course $(COURSE)
+	$(BIN)/python -m autograder.lms.export --course $(COURSE)
 
-# Mutation testing of the course's own tests (autograder/mutants.py): how many wrong solutions they catch.
+# Mutation testing of the course's own tests (autograder/authoring/mutants.py): how many wrong solutions they catch.
 mutants: $(VENV)/installed
-	$(BIN)/python -m autograder.mutants part1_vae part2_aae part3_gpt
+	$(BIN)/python -m autograder.authoring.mutants part1_vae part2_aae part3_gpt
 
 test: $(VENV)/installed browser
 	$(BIN)/python -m pytest

@@ -2,6 +2,8 @@
 folder build/course (overridden with --CourseDirectory.root)."""
 from pathlib import Path
 
+from autograder.limits import Limits
+
 c = get_config()  # noqa: F821, provided by nbgrader when it loads this file
 
 c.CourseDirectory.root = str(Path(__file__).resolve().parent.parent / "build" / "course")
@@ -21,7 +23,7 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
 # A student cell that runs for more than a minute is stopped and counts as failed; training cells skip
 # themselves while NBGRADER_EXECUTION is set, so correct work needs far less.
-c.Execute.timeout = 60
+c.Execute.timeout = Limits.cell_seconds
 c.Execute.interrupt_on_timeout = True
 # After a cell's reply, its last outputs may lag on a loaded machine (nbclient waits 4 s by default, then fails
 # the whole notebook).
@@ -38,15 +40,15 @@ _pipeline = Autograde.class_traits()["autograde_preprocessors"].default()
 c.Autograde.autograde_preprocessors = (_pipeline[:_pipeline.index(LimitOutput) + 1] + [TruncateLongOutputs]
                                        + _pipeline[_pipeline.index(LimitOutput) + 1:])
 
-# Feedback (autograder/feedback.py): hidden tests show their names, points and failure messages only; a note
+# Feedback (autograder/lms/feedback.py): hidden tests show their names, points and failure messages only; a note
 # while written answers wait for a grader; math from the MathJax copy in <course>/feedback/mathjax/.
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
-    "autograder.feedback.HideHiddenTests",
-    "autograder.feedback.NoteUngradedAnswers",
+    "autograder.lms.feedback.HideHiddenTests",
+    "autograder.lms.feedback.NoteUngradedAnswers",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
-c.GenerateFeedback.exporter_class = "autograder.feedback.FeedbackExporter"
+c.GenerateFeedback.exporter_class = "autograder.lms.feedback.FeedbackExporter"
 c.FeedbackExporter.template_name = "course_feedback"
 c.FeedbackExporter.extra_template_basedirs = [str(Path(__file__).resolve().parent / "templates"), str(
     Path(__import__("nbgrader").__file__).parent / "server_extensions" / "formgrader" / "templates")]

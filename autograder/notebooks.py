@@ -112,19 +112,59 @@ def with_header_cell(notebook, text):
     return marked
 
 
+# The cells of an nbgrader notebook (a release, a submission, an autograded notebook). Their roles live in the
+# cells' nbgrader metadata, which a submission can change: what must hold whatever the student did (which cells
+# are locked, which are tests) is read from the source notebook, not from the submission.
+
+def nbgrader_of(cell):
+    """The cell's nbgrader metadata ({} for a plain cell)."""
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
 def cells_by_grade_id(notebook):
     """{grade_id: cell} for the nbgrader cells of a notebook."""
-    return {cell.metadata["nbgrader"]["grade_id"]: cell
-            for cell in notebook.cells if "nbgrader" in cell.metadata}
+    return {nbgrader_of(cell)["grade_id"]: cell for cell in notebook.cells if nbgrader_of(cell)}
 
 
 def is_solution_cell(cell):
-    return cell.metadata.get("nbgrader", {}).get("solution", False)
+    return nbgrader_of(cell).get("solution", False)
 
 
 def is_test_cell(cell):
-    nbgrader = cell.metadata.get("nbgrader", {})
-    return nbgrader.get("grade", False) and not nbgrader.get("solution", False)
+    """A graded code cell that is not a solution: an autograded test."""
+    nbgrader = nbgrader_of(cell)
+    return cell.cell_type == "code" and nbgrader.get("grade", False) and not nbgrader.get("solution", False)
+
+
+def is_locked_cell(cell):
+    """A cell nbgrader restores from the source when it autogrades (test cells and the source's locked cells)."""
+    return nbgrader_of(cell).get("locked", False)
+
+
+def test_cells(notebook):
+    """{grade_id: cell} of the test cells of an nbgrader notebook."""
+    return {nbgrader_of(cell)["grade_id"]: cell for cell in notebook.cells if is_test_cell(cell)}
+
+
+def locked_grade_ids(source):
+    """The grade_ids of the cells that the source notebook locks (whatever a submission's metadata says)."""
+    return {nbgrader_of(cell)["grade_id"] for cell in source.cells if is_locked_cell(cell)}
+
+
+def cell_label(notebook, index):
+    """How every report names a cell: "cell 12 (kld)", or "cell 12" for a cell without a grade_id."""
+    grade_id = nbgrader_of(notebook.cells[index]).get("grade_id")
+    return f"cell {index}" + (f" ({grade_id})" if grade_id else "")
+
+
+def cell_label_by_id(notebook, cell_id):
+    """cell_label of the cell with that Jupyter cell id ('' for no id; a grader's own cell is not the student's)."""
+    if not cell_id:
+        return ""
+    for index, cell in enumerate(notebook.cells):
+        if cell.get("id") == cell_id:
+            return cell_label(notebook, index)
+    return "a grader check cell"
 
 
 def write(notebook, path):

@@ -2,12 +2,14 @@
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
+from .limits import Limits
+
 
 class TruncateLongOutputs(NbGraderPreprocessor):
     """Cut every output text to `max_characters`, so that a huge print or error message cannot make a huge
     autograded notebook or feedback page (nbgrader's LimitOutput counts lines: one 200 MB line passes it)."""
 
-    max_characters = Integer(100_000, help="characters kept of each output text (-1: no limit)").tag(config=True)
+    max_characters = Integer(Limits.output_characters, help="characters kept of each output text (-1: no limit)").tag(config=True)
 
     def truncated(self, text):
         if self.max_characters < 0 or len(text) <= self.max_characters:

@@ -6,13 +6,13 @@ figures: run them on a quiet machine, or compare only figures of one run.
         and the kernel's memory cap at work:
         per-student nbgrader   one `nbgrader autograde --student` process per student, no sandbox (the grader
                                before the unit: nbgrader's start-up paid for every student)
-        unit, no sandbox       autograder.unit workers (nbgrader imported once per worker), --unsafe-no-sandbox
+        unit, no sandbox       autograder.grading.unit workers (nbgrader imported once per worker), --unsafe-no-sandbox
         unit, sandbox          the same, every kernel in the bubblewrap sandbox (the default), forked from the
                                worker's zygote, which has imported torch, numpy, matplotlib and ipykernel once
         It grades in a temporary course folder; grades are not written anywhere.
 
     python -m bench.grading --throughput [--students 100] [--jobs 2] [--batch-size 5]
-        Notebooks per minute of `python -m autograder.grade` on a synthetic course (--students per part: the
+        Notebooks per minute of `python -m autograder.grading` on a synthetic course (--students per part: the
         example students copied under new ids, student i being example i mod n), sandboxed, with the local pool
         of --jobs workers and with a Dask cluster of the same size on this machine (`--cluster local`: a
         scheduler and --jobs worker processes on 127.0.0.1), so that what Dask costs shows. Figures: the grading
@@ -45,7 +45,8 @@ from pathlib import Path
 
 import nbformat
 
-from autograder import cluster, examples, grade, notebooks, unit
+from autograder import examples, notebooks
+from autograder.grading import cluster, coordinator as grade, unit
 from autograder.course import COURSE, nbgrader, source_notebooks
 
 

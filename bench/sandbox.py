@@ -1,4 +1,4 @@
-"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox.py costs a kernel, against a plain one,
+"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox/kernelspec.py costs a kernel, against a plain one,
 both ways a sandboxed kernel starts (in a bwrap sandbox of its own, a fresh interpreter; forked by a Zygote that
 has imported torch, numpy, matplotlib and ipykernel once, as the grading workers do).
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from jupyter_client.manager import KernelManager
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from autograder import sandbox
+from autograder.sandbox import kernelspec as sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Grading on a Dask cluster (autograder.cluster): a real `dask scheduler` and two `dask worker` processes on
+"""Grading on a Dask cluster (autograder.grading.cluster): a real `dask scheduler` and two `dask worker` processes on
 127.0.0.1 grade example students exactly as the local pool does, a worker killed in the middle of a batch loses
 no student and doubles none, and a worker whose environment differs from the coordinator's is refused."""
 import collections
@@ -19,7 +19,8 @@ import pytest
 import yaml
 from distributed import Client
 
-from autograder import cluster, examples, grade, notebooks
+from autograder import examples, notebooks
+from autograder.grading import cluster, coordinator as grade
 from autograder.course import ROOT
 
 # A few example students per part (each loses points on its own tests). Part 1 has three so that one worker

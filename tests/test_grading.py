@@ -6,7 +6,8 @@ import sqlite3
 import nbformat
 import pytest
 
-from autograder import examples, grade, unit
+from autograder import examples
+from autograder.grading import coordinator as grade, unit
 from autograder.course import source_notebooks
 from autograder.preprocessors import TruncateLongOutputs
 

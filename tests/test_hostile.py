@@ -17,7 +17,8 @@ import pytest
 import torch
 import yaml
 
-from autograder import examples, grade, notebooks
+from autograder import examples, notebooks
+from autograder.grading import coordinator as grade
 from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"

@@ -16,7 +16,8 @@ import zipfile
 import pytest
 from nbgrader.api import Gradebook
 
-from autograder import collect, examples, export, notebooks, release
+from autograder import examples, notebooks, release
+from autograder.lms import collect, export
 from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"
@@ -131,7 +132,7 @@ def test_collect_reads_brightspace_and_blackboard_names():
 def graded(course):
     """The course after `make grade`, the written answers graded in the formgrader, and `make feedback`; the
     feedback pages as they were before the written answers were graded."""
-    run("-m", "autograder.grade", NOTEBOOK, "--course", str(course))
+    run("-m", "autograder.grading", NOTEBOOK, "--course", str(course))
     before = {student: feedback_page(course, student) for student in STUDENTS}
     formgrader = Formgrader(course)
     try:
@@ -143,7 +144,7 @@ def graded(course):
                     formgrader.request(f"grade/{grade['id']}", {"manual_score": grade["max_score"]})
     finally:
         formgrader.stop()
-    run("-m", "autograder.feedback", "--course", str(course))
+    run("-m", "autograder.lms.feedback", "--course", str(course))
     return before
 
 
@@ -204,7 +205,7 @@ def test_hidden_tests_leave_only_their_name_points_and_message():
     marker (left as written: only test cells are touched)."""
     import nbformat
 
-    from autograder.feedback import HideHiddenTests
+    from autograder.lms.feedback import HideHiddenTests
 
     test = nbformat.v4.new_code_cell(
         "assert f(1) == 2, 'f(1)'\n### BEGIN HIDDEN TESTS\nassert f(5) == 11, 'f of an odd number is wrong'\n"

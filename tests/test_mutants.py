@@ -1,4 +1,4 @@
-"""The course's tests catch mistakes: a mutation score of at least 95% on every exercise (python -m autograder.mutants).
+"""The course's tests catch mistakes: a mutation score of at least 95% on every exercise (python -m autograder.authoring.mutants).
 
 The three notebooks run side by side, each in its own process, with at most MUTANTS_PER_EXERCISE mutants per
 exercise (the same evenly spread ones every run); `make mutants` runs them all.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autograder import mutants
+from autograder.authoring import mutants
 
 NOTEBOOKS = ("part1_vae", "part2_aae", "part3_gpt")
 MUTANTS_PER_EXERCISE = 25
@@ -24,12 +24,12 @@ def scores(tmp_path_factory):
     out = tmp_path_factory.mktemp("mutants")
     jobs = max(1, (os.cpu_count() or 1) // len(NOTEBOOKS))
     runs = {notebook: subprocess.Popen(
-        [sys.executable, "-m", "autograder.mutants", notebook, "--limit", str(MUTANTS_PER_EXERCISE),
+        [sys.executable, "-m", "autograder.authoring.mutants", notebook, "--limit", str(MUTANTS_PER_EXERCISE),
          "--jobs", str(jobs), "--json", str(out / f"{notebook}.json")],
         cwd=mutants.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for notebook in NOTEBOOKS}
     reports = {notebook: run.communicate()[0] for notebook, run in runs.items()}
     for notebook, run in runs.items():
-        assert run.returncode == 0, f"autograder.mutants {notebook} failed:\n{reports[notebook]}"
+        assert run.returncode == 0, f"autograder.authoring.mutants {notebook} failed:\n{reports[notebook]}"
     return {notebook: json.loads((out / f"{notebook}.json").read_text())[notebook] for notebook in NOTEBOOKS}
 
 
@@ -40,7 +40,7 @@ def test_every_exercise_kills_its_mutants(scores, notebook):
     survivors = "\n".join(f"{exercise}: {counts['killed']}/{counts['counted']} killed; survivors:\n" + "\n".join(
         counts["survivors"]) for exercise, counts in low.items())
     assert not low, \
-        f"mutation score below {FLOOR:.0%} (review with python -m autograder.mutants {notebook}):\n{survivors}"
+        f"mutation score below {FLOOR:.0%} (review with python -m autograder.authoring.mutants {notebook}):\n{survivors}"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)

@@ -126,7 +126,7 @@ def test_no_solution_hidden_test_or_model_answer_line_reaches_students_or_reader
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_hidden_assert_says_what_it_checked(name):
-    """The feedback shows a failing hidden test by its message alone (autograder/feedback.py)."""
+    """The feedback shows a failing hidden test by its message alone (autograder/lms/feedback.py)."""
     source = notebooks.read_source(ROOT / "solutions" / f"{name}.md")
     bare = [f"{notebooks.grade_id(cell)}: {ast.unparse(node)[:90]}"
             for cell in source.cells if cell.metadata.get("role") == "tests"

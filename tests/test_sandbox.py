@@ -1,4 +1,4 @@
-"""The sandboxed kernel (autograder/sandbox.py): what student code can see, write, reach and use up, driven
+"""The sandboxed kernel (autograder/sandbox/kernelspec.py): what student code can see, write, reach and use up, driven
 through jupyter_client with nbgrader's options, and one real `nbgrader autograde` of a toy assignment. Every test
 runs both ways a kernel starts: in a bwrap sandbox of its own, and forked by a Zygote (what the workers use)."""
 import json
@@ -19,7 +19,8 @@ from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from autograder import sandbox, unit
+from autograder.grading import unit
+from autograder.sandbox import kernelspec as sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-" + uuid.uuid4().hex

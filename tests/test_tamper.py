@@ -13,7 +13,8 @@ import nbclient
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from autograder import examples, notebooks, tamper
+from autograder import examples, notebooks
+from autograder.tamper import canaries as tamper
 from autograder.course import ROOT, SOLUTIONS, source_notebooks
 from solutions import course_utils
 

@@ -1,12 +1,12 @@
 """`make grade`: autograde a course's submissions, every student sandboxed, and write grades, feedback, a report.
 
-    python -m autograder.grade --examples      # the example students of autograder/examples/*.yml, in build/examples
-    python -m autograder.grade                 # whatever is in <course>/submitted/<student>/<notebook>/
+    python -m autograder.grading --examples      # the example students of autograder/examples/*.yml, in build/examples
+    python -m autograder.grading                 # whatever is in <course>/submitted/<student>/<notebook>/
     options: --course FOLDER, --jobs N, --force, --unsafe-no-sandbox, limits (see --help)
 
 This process is the coordinator: it alone writes the course folder. It collects one job per student and notebook
 (student ids checked, files read without following links), skips those graded before with the same notebook
-and release, and grades the rest with autograder.unit on --jobs worker processes (each student in a private
+and release, and grades the rest with autograder.grading.unit on --jobs worker processes (each student in a private
 course, its kernel sandboxed). Each result is checked (its test cells must be the source's) before it goes into
 the gradebook (nbgrader's Gradebook and SaveAutoGrades), autograded/, logs/<student>/<notebook>.log and
 grading_report.csv (one row per student and notebook: score, max, status ok / flagged / failed, reason). A
@@ -30,10 +30,12 @@ from pathlib import Path
 
 import nbformat
 
-from . import examples as example_submissions
-from . import cluster, export, notebooks, unit
-from .course import COURSE, EXAMPLES_COURSE, nbgrader, source_notebooks
-from .feedback import install_mathjax
+from .. import examples as example_submissions
+from .. import notebooks
+from ..course import COURSE, EXAMPLES_COURSE, nbgrader, source_notebooks
+from ..lms import export
+from ..lms.feedback import install_mathjax
+from . import cluster, unit
 
 STUDENT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 REPORT_FIELDS = ["student", "notebook", "score", "max", "status", "reason", "submission_hash", "release_hash"]
@@ -337,7 +339,7 @@ def check_sandbox(unsafe):
               "the gradebook and other students' work. Use it for trusted submissions only.")
         return
     try:
-        from . import sandbox
+        from ..sandbox import kernelspec as sandbox
 
         sandbox.check_available()
     except Exception as error:  # ImportError or sandbox.SandboxUnavailable: say why either way
@@ -406,7 +408,7 @@ def print_table(rows):
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m autograder.grading", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", help="notebooks to grade (default: all released)")
     parser.add_argument("--course", type=Path, help=f"nbgrader course folder (default {COURSE}, with "
                                                     f"--examples {EXAMPLES_COURSE})")
@@ -461,7 +463,7 @@ def main(argv=None):
     grades = course / "grades.csv"
     if args.examples:
         nbgrader("export", f"--to={grades}", course=course)
-    else:  # real students only, with the LMS's columns and files (autograder/export.py)
+    else:  # real students only, with the LMS's columns and files (autograder/lms/export.py)
         export.export(course)
 
     table = [summary_row(row, expected.get((row["student"], row["notebook"]))) for row in rows]

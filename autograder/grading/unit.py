@@ -12,7 +12,7 @@ that the coordinator (grade.py) runs it on a local process pool and a cluster ca
               "scores": {test_grade_id: [score, max_score]}, "autograded": bytes or None (canaries removed),
               "log": str, "submission_hash": str, "release_hash": str, "seconds": float}
 
-How: `grade_batch` starts one trusted worker process (`python -m autograder.unit`) that imports nbgrader once and
+How: `grade_batch` starts one trusted worker process (`python -m autograder.grading.unit`) that imports nbgrader once and
 autogrades the jobs one after the other, in-process, each in a private temporary nbgrader course built from the
 job's bytes (fresh source and release files, its own gradebook), so that nothing one student's kernel does can
 reach the next student. Before running, the submission is checked (valid notebook, every test cell exactly once)
@@ -36,8 +36,8 @@ import time
 import traceback
 from pathlib import Path
 
-AUTOGRADER = Path(__file__).resolve().parent
-ROOT = AUTOGRADER.parent
+from ..course import AUTOGRADER, ROOT
+
 SUBMISSION_SIZE_LIMIT = 50 * 2**20  # bytes of one submitted notebook
 WORKER_START_SECONDS = 600  # for a worker process to import nbgrader, on a machine however loaded
 
@@ -258,7 +258,7 @@ def sandbox_launch(job, limits, workdir):
     """(nbgrader options, environment) that run the kernel sandboxed, or none with the sandbox off."""
     if not job.get("sandbox", True):
         return [], {}
-    from . import sandbox
+    from ..sandbox import kernelspec as sandbox
 
     kernel_limits = sandbox.Limits(**{field.name: getattr(limits, field.name)
                                       for field in dataclasses.fields(sandbox.Limits)})
@@ -274,7 +274,7 @@ def zygote_for(hidden, workdir):
     """This worker's sandbox.Zygote hiding `hidden` (started on first use, again if it died), or None where
     kernels start in a sandbox of their own: the private course `workdir` is not in its scratch root (which it
     hides), or it cannot start here (its error is logged)."""
-    from . import sandbox
+    from ..sandbox import kernelspec as sandbox
 
     key = tuple(sorted(str(path) for path in hidden))
     zygote = _zygotes.get(key)
@@ -292,7 +292,7 @@ def zygote_for(hidden, workdir):
 def kernel_events(job, workdir):
     if not job.get("sandbox", True):
         return []
-    from . import sandbox
+    from ..sandbox import kernelspec as sandbox
 
     return sandbox.kernel_events(workdir / "sandbox-state")
 
@@ -302,7 +302,7 @@ def autograde(job, workdir):
     import nbformat
     from nbgrader.apps import NbGraderAPI
 
-    from . import tamper
+    from ..tamper import canaries as tamper
 
     assignment, student = job["assignment"], job["student"]
     limits = Limits.of(job)
@@ -384,7 +384,7 @@ def serve(requests, replies):
     the task's value until the pipe closes."""
     import nbgrader.apps  # noqa: F401, the start-up that the time limits of the jobs must not count
 
-    from . import tamper  # noqa: F401
+    from ..tamper import canaries  # noqa: F401
     write_frame(replies, "ready")
     while (request := read_frame(requests)) is not None:
         task, arguments = request
@@ -416,7 +416,7 @@ class Worker:
 
     def start(self):
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "autograder.unit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", "autograder.grading.unit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self.errors, start_new_session=True, cwd=tempfile.gettempdir(),
             env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
         if self.read_reply(time.perf_counter() + WORKER_START_SECONDS) != ["ready"]:
@@ -431,7 +431,7 @@ class Worker:
             return
         import psutil
 
-        from . import sandbox
+        from ..sandbox import kernelspec as sandbox
 
         pid = self.process.pid
         try:

@@ -1,5 +1,5 @@
 """Feedback that teaches without giving the tests away: the steps that nbgrader_config.py adds to nbgrader's
-`generate_feedback`, and `python -m autograder.feedback` (`make feedback`) to write the feedback again once the
+`generate_feedback`, and `python -m autograder.lms.feedback` (`make feedback`) to write the feedback again once the
 written answers are graded.
 
     HideHiddenTests      a test cell shows its visible tests only; a failure shows the exception's type and
@@ -22,8 +22,8 @@ from nbconvert.exporters import HTMLExporter
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 
-from . import notebooks
-from .course import COURSE, nbgrader
+from .. import notebooks
+from ..course import COURSE, nbgrader
 
 # The MathJax 3 copy the book uses too (the package sphinx-mathjax-offline ships it).
 MATHJAX = Path(importlib.util.find_spec("sphinx-mathjax-offline").origin).parent / "static" / "mathjax"

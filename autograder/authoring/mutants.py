@@ -1,8 +1,8 @@
 """`make mutants`: mutation testing of the course's own tests.
 
-    python -m autograder.mutants part1_vae                     # every exercise of one notebook
-    python -m autograder.mutants part3_gpt --exercise generate # one exercise
-    python -m autograder.mutants part1_vae part2_aae part3_gpt --limit 40 --json build/mutants.json
+    python -m autograder.authoring.mutants part1_vae                     # every exercise of one notebook
+    python -m autograder.authoring.mutants part3_gpt --exercise generate # one exercise
+    python -m autograder.authoring.mutants part1_vae part2_aae part3_gpt --limit 40 --json build/mutants.json
 
 A mutant is the reference solution of one exercise with one small change a student could make: an operator,
 a constant or a dimension off by one, a statement or a call dropped (`detach`, `zero_grad`, `.to(device)`,
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import yaml
 
-from . import notebooks
-from .examples import EXAMPLES
+from .. import notebooks
+from ..course import ROOT
+from ..examples import EXAMPLES
 
-ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT = 30  # seconds for one mutant (solution and tests); a mutant that runs longer counts as killed
 
 # Names a slip of the pen turns into one another (attributes, functions, classes): reductions, activations,
@@ -456,7 +456,7 @@ def report(notebook, exercises, equivalent, out=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m autograder.mutants", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m autograder.authoring.mutants", description=__doc__.split("\n\n")[0])
     parser.add_argument("notebooks", nargs="+", help="source notebooks by name, e.g. part1_vae")
     parser.add_argument("--exercise", action="append", help="only this exercise (its grade_id); may repeat")
     parser.add_argument("--jobs", type=int, default=None, help="mutants run at once (default: one per core)")

@@ -22,7 +22,7 @@ With a `Zygote` (what the grading workers use), the launcher asks it for the ker
 the zygote is a fork server, started once in a bwrap sandbox with the same hidden paths, that has imported what
 every kernel imports and forks each kernel into the same isolation as above but for the user and network
 namespaces, which the kernels of one worker share with it one after the other (no network there either);
-autograder/zygote.py says how. That saves a fresh interpreter's start-up for every student.
+autograder/sandbox/zygote.py says how. That saves a fresh interpreter's start-up for every student.
 
     options, env = nbgrader_launch(Limits(), state_dir, hidden=[course, repository], zygote=None)
     subprocess.run([python, "-m", "nbgrader", "autograde", ..., *options], env={**os.environ, **env})
@@ -150,7 +150,7 @@ def needed_paths():
 
 
 class Zygote:
-    """A kernel fork server (autograder/zygote.py) for one grading worker: started once in a bwrap sandbox that
+    """A kernel fork server (autograder/sandbox/zygote.py) for one grading worker: started once in a bwrap sandbox that
     hides `hidden` and everything below `scratch_root` (where the workers' private courses live), it imports what
     every kernel imports, then nbgrader_launch(..., zygote=it) forks each kernel from it, in a sandbox of its own.
     It ends with the process that started it."""

@@ -1,10 +1,10 @@
 """Grading on a Dask cluster: the coordinator (grade.py) sends batches of students to Dask workers on other
 machines and writes the gradebook alone, from the results that come back.
 
-    python -m autograder.grade --scheduler tcp://grader0:8786             # an existing Dask scheduler
-    python -m autograder.grade --cluster slurm --cluster-config cluster.yml  # or ssh, kubernetes, local
+    python -m autograder.grading --scheduler tcp://grader0:8786             # an existing Dask scheduler
+    python -m autograder.grading --cluster slurm --cluster-config cluster.yml  # or ssh, kubernetes, local
 
-The unit of work is autograder.unit.grade_batch: plain data in (each student's submission with the assignment's
+The unit of work is autograder.grading.unit.grade_batch: plain data in (each student's submission with the assignment's
 source and release), plain data out, so a worker needs no file of the coordinator's machine, only the course's
 environment: the same Python, torch and nbgrader, the same grader code (autograder/) and a working sandbox. A
 worker plugin checks that when a worker joins; a worker that differs says why in the coordinator's output and
@@ -16,7 +16,7 @@ into one task per student, so only the student that kills workers fails, with a 
 (assignment, student) result is handed to the coordinator once, however often its batch ran.
 
 Cluster settings (--cluster-config) are a YAML file with one section per kind of cluster: the keyword arguments of
-its class, plus `workers`, how many worker processes to ask for; autograder/cluster.yml is an example.
+its class, plus `workers`, how many worker processes to ask for; autograder/grading/cluster.yml is an example.
 """
 import importlib
 import importlib.metadata
@@ -31,9 +31,10 @@ from distributed import Client, Reschedule, WorkerPlugin, get_worker, wait
 from distributed.scheduler import KilledWorker
 from tqdm import tqdm
 
+from ..course import AUTOGRADER
+from ..examples import EXAMPLES
 from . import unit
 
-AUTOGRADER = Path(__file__).resolve().parent
 ENVIRONMENT_TOPIC = "dgm-course-environment"  # the event a refused worker sends to the coordinator
 WAIT_SECONDS = 5  # how often the coordinator looks whether any worker is left while it waits for results
 BATCH_SIZE = 5  # students per task: the unit's start-up (a process, nbgrader's import) is paid once per batch
@@ -52,8 +53,10 @@ CLUSTERS = {
 # The course's environment, which every worker must share with the coordinator
 
 def grader_hash():
-    """sha256 of the grader's code, the modules of autograder/ (what a worker executes)."""
-    return unit.content_hash({path.name: path.read_bytes() for path in AUTOGRADER.glob("*.py")})
+    """sha256 of the grader's code: every file below autograder/ but the example students (what a worker
+    executes, reads or ships into the sandbox)."""
+    return unit.content_hash({str(path.relative_to(AUTOGRADER)): path.read_bytes() for path in sorted(AUTOGRADER.rglob("*"))
+                              if path.is_file() and "__pycache__" not in path.parts and path.parent != EXAMPLES})
 
 
 def course_environment(sandbox=True):
@@ -71,7 +74,7 @@ def environment_problems(expected):
     problems = [f"{name} {found[name]} here, {expected[name]} on the coordinator"
                 for name in ("python", "torch", "nbgrader", "grader code") if found[name] != expected[name]]
     if expected["sandbox"]:
-        from . import sandbox
+        from ..sandbox import kernelspec as sandbox
 
         try:
             sandbox.check_available()
@@ -239,7 +242,7 @@ def cluster_class(kind):
 def start_cluster(kind, config_path):
     """Start a `kind` cluster with the options of that section of the config file; return it."""
     if config_path is None:
-        raise SystemExit(f"--cluster {kind} needs --cluster-config FILE (autograder/cluster.yml is an example)")
+        raise SystemExit(f"--cluster {kind} needs --cluster-config FILE (autograder/grading/cluster.yml is an example)")
     settings = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
     if kind not in settings:
         raise SystemExit(f"{config_path} has no `{kind}:` section (sections: {', '.join(settings) or 'none'})")
@@ -260,7 +263,7 @@ def add_arguments(parser):
     where.add_argument("--cluster", choices=sorted(CLUSTERS), help="start a Dask cluster of this kind with the "
                        "options of --cluster-config")
     group.add_argument("--cluster-config", type=Path, metavar="FILE",
-                       help="YAML file of cluster options (example: autograder/cluster.yml)")
+                       help="YAML file of cluster options (example: autograder/grading/cluster.yml)")
     group.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                        help="students per Dask task (default %(default)s)")
 

@@ -65,7 +65,7 @@ import re
 
 import nbformat
 
-from . import notebooks
+from .. import notebooks
 
 CANARY_KEY = "dgm_canary"  # cell metadata that marks a canary cell
 REPORT_PREFIX = "DGM-CANARY"

@@ -1,6 +1,6 @@
 """`make collect ZIP=...`: read the submissions an LMS lets you download into the nbgrader course folder.
 
-    python -m autograder.collect submissions.zip [--course build/course] [--lms canvas] [--assignment part1_vae]
+    python -m autograder.lms.collect submissions.zip [--course build/course] [--lms canvas] [--assignment part1_vae]
 
 nbgrader's own `zip_collect` does the work: the zip goes to <course>/downloaded/<assignment>/archive/, nbgrader
 extracts it and hands every notebook's path to a collector plugin, which reads the student from the file name
@@ -14,7 +14,7 @@ the LMS gave it. One plugin per LMS (file layouts as each LMS writes them):
 Each notebook lands in <course>/submitted/<student>/<assignment>/ under the name the student gave it (the
 grader renames a lone notebook to the assignment's name); a submission time the LMS gives goes to nbgrader's
 timestamp.txt. The student's name goes to the gradebook, and the LMS's id, name and late flag to
-<course>/submissions.csv, which `python -m autograder.export` reads to write grades the LMS can import.
+<course>/submissions.csv, which `python -m autograder.lms.export` reads to write grades the LMS can import.
 Without --assignment, a notebook belongs to the released assignment its file name starts with.
 """
 import argparse
@@ -30,7 +30,7 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import ZipCollectApp
 from nbgrader.plugins import FileNameCollectorPlugin
 
-from .course import COURSE
+from ..course import COURSE
 
 RECORDS = "submissions.csv"  # in the course folder: one row per assignment and student
 FIELDS = ["assignment", "student_id", "lms", "lms_id", "first_name", "last_name", "late", "submitted_at", "file"]
@@ -199,7 +199,7 @@ def collect(archive, course=COURSE, lms=None, assignment=None):
     lms = lms or detect_lms(names)
     if lms is None:
         raise SystemExit(f"{archive}: no notebook in it is named as Canvas, Moodle, Brightspace or Blackboard "
-                         f"name them (see `python -m autograder.collect --help`); pass --lms if you know which.")
+                         f"name them (see `python -m autograder.lms.collect --help`); pass --lms if you know which.")
     released = released_assignments(course)
     if assignment is not None and assignment not in released:
         raise SystemExit(f"{assignment} is not released in {course} (released: {', '.join(released)})")

@@ -1,6 +1,6 @@
 """`make export`: write the course's grades (tests and written answers) for the instructor and for the LMS.
 
-    python -m autograder.export [--course build/course]
+    python -m autograder.lms.export [--course build/course]
 
 Writes into the course folder, real students only (never the example students of autograder/examples/):
     grades.csv                nbgrader's export (assignment, student, timestamp, score with late penalty...),
@@ -19,15 +19,15 @@ from pathlib import Path
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import CsvExportPlugin
 
-from . import examples
+from .. import examples
+from ..course import COURSE
 from .collect import RECORDS
-from .course import COURSE
 
 LMS_COLUMNS = ["lms", "lms_id", "late"]
 
 
 def read_records(course):
-    """{(assignment, student_id): row} of <course>/submissions.csv (written by autograder.collect)."""
+    """{(assignment, student_id): row} of <course>/submissions.csv (written by autograder.lms.collect)."""
     path = course / RECORDS
     if not path.is_file():
         return {}

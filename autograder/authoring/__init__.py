@@ -1,0 +1,1 @@
+"""Tools for the course's authors: mutation testing of the tests."""

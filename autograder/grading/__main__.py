@@ -1,0 +1,3 @@
+from .coordinator import main
+
+main()

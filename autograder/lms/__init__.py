@@ -1,0 +1,1 @@
+"""What travels between the course and an LMS: collecting submissions, exporting grades, feedback pages."""

@@ -1,0 +1,1 @@
+"""Tamper checks: the probe that runs in the kernel, the canaries around test cells, the static scan."""
