@@ -12,15 +12,24 @@ A book page is the student release of a part, changed for readers in a few small
   to the code cell above it as outputs: figures as images, .txt files as printed text. The page then shows the
   reference run's output under the code that makes it, in the book and in Colab alike.
 
+Every page links to the downloads that `make release` puts in book/downloads/ (DOWNLOADS): the assignment's zip,
+each notebook as students receive it, and course_utils.py (`download_link`; the introduction lists them all).
+
+Where the book is published is set in book/_config.yml alone (`publish_settings`): the repository (its url and
+branch), the branch `make publish` pushes the built book to, and the site's address. `python -m autograder.book
+remote branch site` prints them, for the Makefile.
+
 `check_rendered_math` opens built HTML pages in headless Chromium and reports TeX that MathJax left as text;
 tests/test_book.py runs it on the book, and it works as well on any HTML, e.g. nbgrader's feedback pages.
 """
+import argparse
 import base64
 import copy
 import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +41,9 @@ from .course import ROOT
 
 BOOK = ROOT / "book"
 RESULTS = BOOK / "results"
+DOWNLOADS = "downloads"  # book/downloads/, written by `make release` (release.write_downloads)
+ASSIGNMENT_ZIP = "assignment.zip"
+SHARED_HELPERS = "course_utils.py"
 
 # What nbgrader puts in a theory answer cell of the release.
 ANSWER_PLACEHOLDER = "YOUR ANSWER HERE"
@@ -91,6 +103,27 @@ def helpers_url(config):
 def reference_url(config, notebook):
     """Where the published reference weights of the part `notebook` are: its results folder in the book."""
     return published_url(config, f"{RESULTS.relative_to(ROOT).as_posix()}/{notebook}")
+
+
+def publish_settings(config=None):
+    """Where `make publish` pushes the book, from book/_config.yml: {"remote": the repository's url, "branch":
+    publish.branch (gh-pages unless set), "site": html.baseurl, the address the pages are served at}."""
+    config = config or settings()
+    return {"remote": config["repository"]["url"],
+            "branch": (config.get("publish") or {}).get("branch", "gh-pages"),
+            "site": config["html"]["baseurl"]}
+
+
+def download_names(notebooks):
+    """What the book offers for download (in book/downloads/): the zip, each of `notebooks` (their names, e.g.
+    part1_vae), course_utils.py."""
+    return [ASSIGNMENT_ZIP, *(f"{notebook}.ipynb" for notebook in notebooks), SHARED_HELPERS]
+
+
+def download_link(name, text=None):
+    """A Markdown link to the download `name` of book/downloads/, for a page in book/. The path: scheme makes MyST
+    copy the file into the built book as a download (a plain link to an .ipynb would name a page)."""
+    return f"[{text or f'`{name}`'}](path:{DOWNLOADS}/{name})"
 
 
 def shown(path):
@@ -162,6 +195,25 @@ def page(released, notebook, header):
     return notebooks.with_header_cell(book_page, header)
 
 
+def build(source, out):
+    """Build the book whose sources are in the folder `source` into `out`, as `make book` does (offline: it runs
+    no notebook); return the folder of its HTML. Raises RuntimeError with jupyter-book's output when it fails."""
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run([str(jupyter_book), "build", str(source), "--path-output", str(out), "--warningiserror",
+                             "--quiet"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"jupyter-book build {source} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return Path(out) / "_build" / "html"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print where `make publish` pushes the book (book/_config.yml): "
+                                                 "the settings asked for, on one line.")
+    parser.add_argument("settings", nargs="+", choices=["remote", "branch", "site"])
+    settings = publish_settings()
+    print(" ".join(settings[name] for name in parser.parse_args(argv).settings))
+
+
 # --- Rendered math, checked in a browser ---------------------------------------------------------------------
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -212,6 +264,11 @@ def math_problems(dom):
     return problems
 
 
+def download_links(dom):
+    """{file name: href} of the links to downloads (Sphinx's _downloads/<hash>/<name>) in a rendered page."""
+    return {href.rsplit("/", 1)[1]: href for href in re.findall(r'<a\b[^>]*\bhref="(_downloads/[^"#?]+)"', dom)}
+
+
 def check_rendered_math(pages, browser=None):
     """{page: [problems]} for the HTML files `pages` rendered in Chromium; pages without problems are left out.
 
@@ -226,3 +283,7 @@ def check_rendered_math(pages, browser=None):
         if problems:
             report[str(page_path)] = problems
     return report
+
+
+if __name__ == "__main__":
+    main()

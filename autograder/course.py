@@ -7,6 +7,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
 AUTOGRADER = ROOT / "autograder"
+EXAMPLES = AUTOGRADER / "examples"  # the example students' files, <notebook>.yml (autograder/examples/README.md)
 COURSE = ROOT / "build" / "course"  # the nbgrader course folder: source, release, submitted, autograded...
 EXAMPLES_COURSE = ROOT / "build" / "examples"  # the example students' own course folder, never mixed with real ones
 
@@ -14,6 +15,16 @@ EXAMPLES_COURSE = ROOT / "build" / "examples"  # the example students' own cours
 def source_notebooks():
     """The source notebooks, in course order: solutions/part1_*.md, part2_*.md, ..."""
     return sorted(SOLUTIONS.glob("part*_*.md"))
+
+
+def nbgrader_config(course):
+    """The course's nbgrader configuration (autograder/nbgrader_config.py) for the course folder `course`, as
+    nbgrader's Python API (nbgrader.apps.NbGraderAPI) takes it; `nbgrader` below is the command-line way."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(AUTOGRADER)).load_config()
+    config.CourseDirectory.root = str(course)
+    return config
 
 
 def nbgrader(*args, course, timeout=None):

@@ -5,13 +5,11 @@ and answer filled in from the source (the reference), then the student's edits; 
 """
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
 from . import notebooks
-
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+from .course import EXAMPLES
 
 
 @dataclass

@@ -20,3 +20,13 @@ class Limits:
 
 WORKER_START_SECONDS = 600  # for a grading worker to import nbgrader, on a machine however loaded
 FEEDBACK_SECONDS = 120  # for nbgrader to write one student's feedback page
+
+
+@dataclass(frozen=True)
+class CollectLimits:
+    """What `make collect` reads of one LMS download, student archives included: sizes uncompressed (declared by
+    the zip, and held to as it is read). `python -m autograder.lms.collect` overrides them (--max-total-mib,
+    --max-member-mib, --max-members); a member over them is listed as not collected, the rest still is."""
+    total_bytes: int = 8 * 2**30  # everything read from the download
+    member_bytes: int = Limits.submission_bytes  # one file: a notebook, or a student's .zip as uploaded
+    members: int = 100_000  # files of the download and of the students' archives, together

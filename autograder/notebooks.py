@@ -3,8 +3,10 @@
 Each function does one thing to a notebook or a cell, in the spirit of nbgrader's preprocessors; release.py
 chains them. Notebooks are nbformat NotebookNode objects.
 """
+import ast
 import copy
 import re
+import sys
 
 import jupytext
 import nbformat
@@ -89,14 +91,76 @@ def to_nbgrader_source(notebook):
 
 
 def export_module(notebook, header):
-    """The solution module: the code of every cell tagged export or module-only, solution markers removed."""
-    chunks = [header.rstrip()]
+    """The solution module: the code of every cell tagged export or module-only, solution markers removed.
+
+    Imports belong at the top of a module, whichever cell needs them first: the top-level import statements of
+    every cell are gathered after the module's docstring (the first cell's, if it opens with one), as
+    module_imports writes them."""
+    imports, chunks = [], []
     for cell in notebook.cells:
         if cell.cell_type == "code" and (has_tag(cell, "export") or has_tag(cell, "module-only")):
-            chunks.append(relative_course_utils(without_solution_markers(cell.source)).strip())
+            cell_imports, code = split_imports(relative_course_utils(without_solution_markers(cell.source)))
+            imports += cell_imports
+            chunks.append(code.strip())
+    docstring, chunks[0] = split_docstring(chunks[0])
+    chunks = [header.rstrip(), "\n".join(filter(None, [docstring, module_imports(imports)])), *chunks]
     if re.search(r"^def main\(", "\n".join(chunks), flags=re.MULTILINE):
         chunks.append('if __name__ == "__main__":\n    main()')
-    return "\n\n\n".join(chunks) + "\n"
+    return "\n\n\n".join(chunk for chunk in chunks if chunk) + "\n"
+
+
+def split_imports(code):
+    """The top-level import statements of `code`, each as (ast node, the comment on its line or ''), and the code
+    without them."""
+    lines = code.splitlines()
+    imports = []
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            after = lines[node.end_lineno - 1].encode()[node.end_col_offset:].decode().strip()  # ast counts bytes
+            imports.append((node, after if after.startswith("#") else ""))
+            lines[node.lineno - 1:node.end_lineno] = [None] * (node.end_lineno - node.lineno + 1)
+    return imports, "\n".join(line for line in lines if line is not None)
+
+
+def split_docstring(code):
+    """(the docstring statement that opens `code`, or '', and the rest of the code)."""
+    body = ast.parse(code).body
+    if not (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)):
+        return "", code
+    lines = code.splitlines()
+    return "\n".join(lines[:body[0].end_lineno]), "\n".join(lines[body[0].end_lineno:]).strip()
+
+
+def module_imports(imports):
+    """The statements of split_imports's `imports` as isort orders them: sections for __future__, the standard
+    library, third-party packages and relative imports; in each, the `import x` lines, then one
+    `from x import ...` line per module with every name once, alphabetically. Comments stay on their lines."""
+    names, comments = {}, {}
+    for node, comment in imports:
+        if isinstance(node, ast.Import):
+            keys = [(False, alias.name, f"import {alias.name}" + (f" as {alias.asname}" if alias.asname else ""))
+                    for alias in node.names]
+        else:
+            module = "." * node.level + (node.module or "")
+            keys = [(True, module, f"from {module} import")]
+            names.setdefault(keys[0], set()).update(
+                alias.name + (f" as {alias.asname}" if alias.asname else "") for alias in node.names)
+        for key in keys:
+            comments.setdefault(key, {})[comment] = None  # a dict keeps the first-seen order
+
+    def section(module):
+        top = module.split(".")[0]
+        return 3 if not top else 0 if top == "__future__" else 1 if top in sys.stdlib_module_names else 2
+
+    sections = [[], [], [], []]
+    for key in sorted(comments, key=lambda key: (key[0], key[1].lower(), key[2])):
+        is_from, module, statement = key
+        if is_from:
+            statement += " " + ", ".join(sorted(names[key]))
+        comment = "; ".join(filter(None, comments[key]))
+        sections[section(module)].append(statement + (f"  {comment}" if comment else ""))
+    return "\n\n".join("\n".join(lines) for lines in sections if lines)
 
 
 def relative_course_utils(code):
@@ -151,10 +215,11 @@ def locked_grade_ids(source):
     return {nbgrader_of(cell)["grade_id"] for cell in source.cells if is_locked_cell(cell)}
 
 
-def cell_label(notebook, index):
-    """How every report names a cell: "cell 12 (kld)", or "cell 12" for a cell without a grade_id."""
-    grade_id = nbgrader_of(notebook.cells[index]).get("grade_id")
-    return f"cell {index}" + (f" ({grade_id})" if grade_id else "")
+def cell_label(cell, index):
+    """How every report names the cell at position `index`: "cell 12 (kld)", or "cell 12" without a grade_id
+    (an nbgrader notebook's or a source notebook's)."""
+    label = nbgrader_of(cell).get("grade_id") or grade_id(cell)
+    return f"cell {index}" + (f" ({label})" if label else "")
 
 
 def cell_label_by_id(notebook, cell_id):
@@ -163,7 +228,7 @@ def cell_label_by_id(notebook, cell_id):
         return ""
     for index, cell in enumerate(notebook.cells):
         if cell.get("id") == cell_id:
-            return cell_label(notebook, index)
+            return cell_label(cell, index)
     return "a grader check cell"
 
 

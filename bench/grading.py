@@ -6,7 +6,8 @@ figures: run them on a quiet machine, or compare only figures of one run.
         and the kernel's memory cap at work:
         per-student nbgrader   one `nbgrader autograde --student` process per student, no sandbox (the grader
                                before the unit: nbgrader's start-up paid for every student)
-        unit, no sandbox       autograder.grading.unit workers (nbgrader imported once per worker), --unsafe-no-sandbox
+        unit, no sandbox       autograder.grading.worker processes (nbgrader imported once per worker),
+                               --unsafe-no-sandbox
         unit, sandbox          the same, every kernel in the bubblewrap sandbox (the default), forked from the
                                worker's zygote, which has imported torch, numpy, matplotlib and ipykernel once
         It grades in a temporary course folder; grades are not written anywhere.
@@ -31,7 +32,7 @@ batch's submissions, and one round trip), paid once per --batch-size students, a
 over a thousand tasks a second, so it is not the limit for tasks that take a minute. SQLite takes one writer at a
 time, which the coordinator is anyway; a PostgreSQL gradebook would make it a server, not a faster writer. So the
 limits, in order: the coordinator's feedback, then its recording of results, then the file system that holds the
-course folder. Today grade.py also grades one notebook (part) after the other and makes that part's feedback
+course folder. Today the coordinator also grades one notebook (part) after the other and makes that part's feedback
 before sending the next part's students, so the cluster waits during the feedback: sending every part at once
 is the first thing to change for a large cluster.
 """
@@ -41,31 +42,31 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
 
 from autograder import examples, notebooks
-from autograder.grading import cluster, coordinator as grade, unit
 from autograder.course import COURSE, nbgrader, source_notebooks
+from autograder.grading import cluster, coordinator, expectations, records, submission, worker
+from autograder.limits import Limits
 
 
-def example_jobs(course, names, sandbox, limits):
+def example_jobs(course, names, sandbox, limits=Limits()):
     jobs = []
     for name in names:
-        grade.prepare_examples_course(course, name, COURSE)
-        jobs += grade.collect(course, name, limits, sandbox)[0]
-    for job in jobs:
-        job.pop("notes")
+        expectations.prepare_examples_course(course, name, COURSE)
+        jobs += submission.collect(course, name, limits, sandbox).jobs
     return jobs
 
 
 def time_units(jobs, workers):
-    """Seconds to grade `jobs` on `workers` unit workers; the results."""
-    pool = grade.Pool(workers)
+    """Seconds to grade `jobs` on `workers` worker processes; the results."""
+    pool = worker.Pool(workers)
     started = time.perf_counter()
     try:
-        results = [future.result() for future in [pool.submit("grade", job) for job in jobs]]
+        results = [future.result() for future in [pool.grade(job) for job in jobs]]
     finally:
         pool.close()
     return time.perf_counter() - started, results
@@ -74,7 +75,7 @@ def time_units(jobs, workers):
 def time_nbgrader_per_student(course, jobs, workers):
     """Seconds to grade the same submissions with one nbgrader process per student (the former grader)."""
     def autograde(job):
-        nbgrader("autograde", job["assignment"], f"--student={job['student']}", "--force", course=course)
+        nbgrader("autograde", job.assignment, f"--student={job.student}", "--force", course=course)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -87,8 +88,8 @@ def memory_bomb_job(course, name):
     release = notebooks.read(course / "release" / name / f"{name}.ipynb")
     first = next(cell for cell in release.cells if cell.cell_type == "code")
     first.source = "hog = [b'x' * 2**26 for _ in range(128)]\n" + first.source
-    job = example_jobs(course, [name], True, {"memory_bytes": 2**30})[0]
-    return {**job, "student": "memory_bomb", "submission": {f"{name}.ipynb": nbformat.writes(release).encode()}}
+    job = example_jobs(course, [name], True, Limits(memory_bytes=2**30))[0]
+    return replace(job, student="memory_bomb", submission={job.notebook: nbformat.writes(release).encode()})
 
 
 def synthetic_course(folder, students, parts):
@@ -108,7 +109,7 @@ def synthetic_course(folder, students, parts):
 
 
 def timed(progress_bar, phases):
-    """cluster.progress_bar that also adds each part's grading time (first job sent to last result written)."""
+    """coordinator.progress_bar that also adds each part's grading time (first job sent to last result written)."""
     def timed_progress_bar(results, total, label):
         started = time.perf_counter()
         yield from progress_bar(results, total, label)
@@ -118,19 +119,19 @@ def timed(progress_bar, phases):
 
 
 def run(label, options, folder, students, parts):
-    """Grade a fresh synthetic course with grade.py's `options`; return a row of figures."""
+    """Grade a fresh synthetic course with the coordinator's `options`; return a row of figures."""
     course = folder / label
     synthetic_course(course, students, parts)
-    phases, load, progress_bar = [], os.getloadavg()[0], cluster.progress_bar
-    cluster.progress_bar = timed(progress_bar, phases)
+    phases, load, progress_bar = [], os.getloadavg()[0], coordinator.progress_bar
+    coordinator.progress_bar = timed(progress_bar, phases)
     started = time.perf_counter()
     try:
-        grade.main(["--course", str(course), *parts, *options])
+        coordinator.main(["--course", str(course), *parts, *options])
     finally:
-        cluster.progress_bar = progress_bar
+        coordinator.progress_bar = progress_bar
     total = time.perf_counter() - started
     graded = students * len(parts)
-    statuses = [row["status"] for row in grade.read_report(course).values()]
+    statuses = [row["status"] for row in records.read_report(course).values()]
     return (f"{label}: {graded} notebooks ({statuses.count('ok')} ok), grading {sum(phases):.0f} s = "
             f"{60 * graded / sum(phases):.1f} notebooks/min; whole run with feedback {total:.0f} s = "
             f"{60 * graded / total:.1f} notebooks/min; load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
@@ -154,7 +155,7 @@ def main(argv=None):
 
 
 def throughput(args):
-    """Notebooks per minute of grade.py on a synthetic course, with the local pool and with a loopback Dask cluster."""
+    """Notebooks per minute of the coordinator on a synthetic course, with the local pool and with a loopback Dask cluster."""
     local_cluster = (f"local: {{n_workers: {args.jobs}, threads_per_worker: 1, host: 127.0.0.1, "
                      f"dashboard_address: '127.0.0.1:0'}}\n")
     rows = []
@@ -174,13 +175,13 @@ def unit_timings(args):
     """The example students graded three ways (per-student nbgrader, unit, unit sandboxed); the memory cap."""
     with tempfile.TemporaryDirectory() as scratch:
         course = Path(scratch) / "course"
-        count = len(example_jobs(course, args.notebooks, True, {}))
+        count = len(example_jobs(course, args.notebooks, True))
         print(f"{count} example submissions of {', '.join(args.notebooks)}, --jobs {args.jobs}")
         seconds = {"per-student nbgrader": time_nbgrader_per_student(course, example_jobs(course, args.notebooks,
-                                                                                            False, {}), args.jobs)}
+                                                                                            False), args.jobs)}
         for label, sandbox in (("unit, no sandbox", False), ("unit, sandbox", True)):
-            seconds[label], results = time_units(example_jobs(course, args.notebooks, sandbox, {}), args.jobs)
-            statuses = sorted({result["status"] for result in results})
+            seconds[label], results = time_units(example_jobs(course, args.notebooks, sandbox), args.jobs)
+            statuses = sorted({result.status for result in results})
             print(f"  {label}: statuses {statuses}")
         for label, value in seconds.items():
             print(f"{label:22s} {value:7.1f} s in all, {value / count * args.jobs:5.1f} s per notebook per job")
@@ -189,8 +190,8 @@ def unit_timings(args):
               f"per-student nbgrader: {seconds['per-student nbgrader'] / seconds['unit, sandbox']:.2f}x faster")
 
         _, (bomb,) = time_units([memory_bomb_job(course, args.notebooks[0])], 1)
-        print(f"memory bomb (8 GiB asked, 1 GiB limit): status {bomb['status']}, reason {bomb['reason']!r}, "
-              f"{bomb['seconds']:.1f} s")
+        print(f"memory bomb (8 GiB asked, 1 GiB limit): status {bomb.status}, reason {bomb.reason!r}, "
+              f"{bomb.seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox/kernelspec.py costs a kernel, against a plain one,
+"""Sandbox benchmark: what the bubblewrap sandbox of autograder/sandbox/ costs a kernel, against a plain one,
 both ways a sandboxed kernel starts (in a bwrap sandbox of its own, a fresh interpreter; forked by a Zygote that
 has imported torch, numpy, matplotlib and ipykernel once, as the grading workers do).
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from jupyter_client.manager import KernelManager
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from autograder.sandbox import kernelspec as sandbox
+from autograder.limits import Limits
+from autograder.sandbox import kernelspec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +47,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cells", type=int, default=200)
     args = parser.parse_args(argv)
-    sandbox.check_available()
+    kernelspec.check_available()
     scratch = Path(tempfile.mkdtemp())
-    zygote = sandbox.Zygote([ROOT])
+    zygote = kernelspec.Zygote([ROOT])
     kinds = {"plain": lambda: KernelManager(kernel_name="python3"),
              "own sandbox": sandboxed_kernels(scratch / "own", None),
              "zygote fork": sandboxed_kernels(scratch / "zygote", zygote)}
@@ -69,12 +70,12 @@ def main(argv=None):
 
 def sandboxed_kernels(state, zygote):
     """A function that makes a KernelManager for a sandboxed kernel (forked by `zygote` unless None)."""
-    options, env = sandbox.nbgrader_launch(sandbox.Limits(), state, [ROOT], zygote)
+    options, env = kernelspec.nbgrader_launch(Limits(), state, [ROOT], zygote)
     config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
 
     def make_manager():
         os.environ.update(env)  # where this sandbox's kernelspec is
-        return KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
+        return KernelManager(kernel_name=kernelspec.KERNEL_NAME, config=config)
 
     return make_manager
 

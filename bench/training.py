@@ -93,9 +93,8 @@ def baseline_step(setting):
 def reference_step(setting, bfloat16):
     """One step of the reference trainer, as `python -m solutions.gpt` builds it (bfloat16: as its --precision
     auto decides, gpt.bfloat16_pays)."""
-    model = gpt.use_fused_attention(gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, **setting["model"]))).train()
-    if bfloat16:
-        gpt.use_bfloat16(model)
+    config = gpt.GPTConfig(vocab_size=VOCAB_SIZE, fused_attention=True, bfloat16=bfloat16, **setting["model"])
+    model = gpt.GPT(config).train()
     optimizer = gpt.configure_optimizer(model, setting["learning_rate"], WEIGHT_DECAY, setting["betas"])
     return lambda inputs, targets: gpt.train_step(model, optimizer, inputs, targets, GRAD_CLIP)
 

@@ -2,18 +2,22 @@
 # module-only). Change the source notebook, then run `make release`.
 
 
+import argparse
 import itertools
+import json
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from matplotlib.ticker import MaxNLocator
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .course_utils import default_device, make_grid, mnist, progress, seed_everything
+from .course_utils import DataNotFoundError, data_root, default_device, make_grid, mnist, progress, seed_everything
 
 
 def mnist_loader(train=True, batch_size=64, data_dir=None):
@@ -290,15 +294,6 @@ def plot_latent_space(codes, labels, title="latent space"):
     figure.colorbar(points, ticks=range(10), label="digit")
     axes.set(xlabel="$z_1$", ylabel="$z_2$", title=title)
     return figure
-
-
-import argparse
-import json
-import statistics
-from dataclasses import asdict
-from pathlib import Path
-
-from .course_utils import DataNotFoundError, data_root
 
 
 def warm_up(config, device, steps=3):

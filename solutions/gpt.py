@@ -3,17 +3,23 @@
 
 
 """Part 3 of the course: a character-level GPT (minGPT-style), its training, and fast generation."""
+import argparse
+import json
 import math
+import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from copy import deepcopy
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
-from .course_utils import progress, text_file
+from .course_utils import default_device, progress, seed_everything, text_file
 
 
 class CharVocabulary:
@@ -93,13 +99,16 @@ class CausalSelfAttention(nn.Module):
 
 @dataclass
 class GPTConfig:
-    """The shape of a GPT: vocabulary, context length (block size), depth, heads and width."""
+    """The shape of a GPT: vocabulary, context length (block size), depth, heads, width and dropout; and two
+    settings of speed, which change neither the parameters nor their names (a checkpoint loads either way)."""
     vocab_size: int
     block_size: int = 128
     n_layer: int = 6
     n_head: int = 6
     n_embd: int = 192
     dropout: float = 0.1
+    fused_attention: bool = False  # PyTorch's fused attention kernel, not the course's (FusedCausalSelfAttention)
+    bfloat16: bool = False  # matrix products in bfloat16, the rest in float32 (mixed precision, GPT.forward)
 
 
 # minGPT's small models; the command-line trainer starts from one of them (default gpt-mini).
@@ -123,13 +132,23 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
+class FusedCausalSelfAttention(CausalSelfAttention):
+    """CausalSelfAttention through PyTorch's fused kernel: the same outputs and gradients, up to rounding. It keeps
+    the mask buffer, unused, so that both layers have the same state dict."""
+
+    def forward(self, x):
+        q, k, v = self.split_heads(x)
+        dropout = self.attn_dropout.p if self.training else 0.0
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
+
+
 class Block(nn.Module):
     """A transformer block: attention and MLP, each on a LayerNorm of the residual stream and added to it."""
 
     def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = FusedCausalSelfAttention(config) if config.fused_attention else CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
@@ -137,6 +156,18 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def choose_next_token(logits, temperature=1.0, do_sample=False, top_k=None):
+    """Next tokens [B, 1] from the last position's logits [B, vocab_size]."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if do_sample:
+        return torch.multinomial(probs, num_samples=1)
+    return probs.argmax(dim=-1, keepdim=True)
 
 
 class GPT(nn.Module):
@@ -177,35 +208,27 @@ class GPT(nn.Module):
         if idx.size(1) > self.config.block_size:
             raise ValueError(f"a context of {idx.size(1)} tokens is longer than the block size "
                              f"{self.config.block_size}")
-        x = self.embed(idx)
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+        # config.bfloat16: mixed precision. Autocast multiplies the matrices in bfloat16 and keeps everything else
+        # (parameters, gradients, the loss) in float32. Its cache of bfloat16 weights is off: the cache lives until
+        # the outermost autocast region ends, so inside a caller's region (even a disabled one) a forward pass after
+        # an optimizer step would use stale weights; casting them again costs little next to the products.
+        precision = (torch.autocast(idx.device.type, dtype=torch.bfloat16, cache_enabled=False)
+                     if self.config.bfloat16 else nullcontext())
+        with precision:
+            x = self.embed(idx)
+            for block in self.transformer.h:
+                x = block(x)
+            logits = self.lm_head(self.transformer.ln_f(x))
+        return logits.to(self.lm_head.weight.dtype)  # float32 again after bfloat16 products
 
-
-def choose_next_token(logits, temperature=1.0, do_sample=False, top_k=None):
-    """Next tokens [B, 1] from the last position's logits [B, vocab_size]."""
-    logits = logits / temperature
-    if top_k is not None:
-        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    if do_sample:
-        return torch.multinomial(probs, num_samples=1)
-    return probs.argmax(dim=-1, keepdim=True)
-
-
-@torch.no_grad()
-def generate(self, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
-    """idx [B, T] followed by max_new_tokens generated tokens: [B, T + max_new_tokens]."""
-    for _ in range(max_new_tokens):
-        context = idx[:, -self.config.block_size:]
-        logits = self(context)[:, -1, :]
-        idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
-    return idx
-
-
-GPT.generate = generate
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, do_sample=False, top_k=None):
+        """idx [B, T] followed by max_new_tokens generated tokens: [B, T + max_new_tokens]."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size:]
+            logits = self(context)[:, -1, :]
+            idx = torch.cat((idx, choose_next_token(logits, temperature, do_sample, top_k)), dim=1)
+        return idx
 
 
 def configure_optimizer(model, learning_rate, weight_decay, betas):
@@ -500,37 +523,6 @@ def generate_fast(model, idx, max_new_tokens, temperature=1.0, do_sample=False, 
     return tokens
 
 
-import argparse
-import json
-import sys
-from copy import deepcopy
-from dataclasses import asdict, fields
-from pathlib import Path
-
-from tqdm.auto import tqdm
-
-from .course_utils import default_device, seed_everything
-
-
-class FusedCausalSelfAttention(CausalSelfAttention):
-    """The course's attention through PyTorch's fused kernel, scaled_dot_product_attention: the same function
-    (tests/test_gpt.py compares outputs and gradients), but without the [B, n_head, T, T] scores, mask and
-    weights as separate tensors in memory, and without their memory traffic in the forward and backward passes."""
-
-    def forward(self, x):
-        q, k, v = self.split_heads(x)
-        dropout = self.attn_dropout.p if self.training else 0.0
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
-
-
-def use_fused_attention(model):
-    """Switch every attention layer of `model` to FusedCausalSelfAttention in place: the same parameters and
-    state dict (checkpoints still load into a plain GPT), and no random numbers drawn."""
-    for block in model.transformer.h:
-        block.attn.__class__ = FusedCausalSelfAttention
-    return model
-
-
 def bfloat16_pays(device, config):
     """Whether bfloat16 matrix products make training faster on `device`: on GPUs that have them; on CPUs with
     AVX-512 BF16 or AMX only for models of width 192 and more (gpt-mini: a step took about 1.45x less CPU time;
@@ -540,23 +532,6 @@ def bfloat16_pays(device, config):
         return torch.cuda.is_bf16_supported()
     cpu_has_bfloat16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return device.type == "cpu" and cpu_has_bfloat16 and config.n_embd >= 192
-
-
-class BFloat16GPT(GPT):
-    """A GPT whose forward pass multiplies matrices in bfloat16 (mixed precision: the parameters, their gradients,
-    the optimizer and the loss stay float32). Autocast's cache of bfloat16 weights is off: it lives until the
-    outermost autocast region ends, so inside a caller's region (even a disabled one) forward passes after an
-    optimizer step would use stale weights; casting the weights again costs little next to the matrix products."""
-
-    def forward(self, idx):
-        with torch.autocast(self.lm_head.weight.device.type, dtype=torch.bfloat16, cache_enabled=False):
-            return super().forward(idx).float()
-
-
-def use_bfloat16(model):
-    """Switch `model` to BFloat16GPT in place (the same parameters and state dict, as use_fused_attention)."""
-    model.__class__ = BFloat16GPT
-    return model
 
 
 def warm_up(model, data, config, steps=3):
@@ -594,7 +569,8 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="runs/gpt", help="where to write metrics, figures and the checkpoint")
     parser.add_argument("--resume", action="store_true",
                         help="go on from <out>/checkpoint.pt with its model, settings, optimizer and history "
-                             "(the model and training options of the command line are then ignored)")
+                             "(the command line's model and training options are then ignored, except --device, "
+                             "--course-attention, --precision and --sample-length)")
     model = parser.add_argument_group("model (a type, then overrides)")
     model.add_argument("--model", choices=list(MODEL_TYPES), default="gpt-mini")
     model.add_argument("--n-layer", type=int)
@@ -654,15 +630,13 @@ def main(argv=None):
             raise SystemExit(f"{out / 'checkpoint.pt'} was trained on another text: give the same --text.")
         model_config = GPTConfig(**checkpoint["model_config"])
         train_config = TrainConfig(**{**checkpoint["train_config"], "betas": tuple(checkpoint["train_config"]["betas"])})
+    # How to compute the model is always the command line's choice: neither setting changes the parameters.
+    bfloat16 = args.precision == "bfloat16" or (args.precision == "auto" and bfloat16_pays(device, model_config))
+    model_config = replace(model_config, fused_attention=not args.course_attention, bfloat16=bfloat16)
     model = GPT(model_config).to(device)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         torch.set_rng_state(checkpoint["rng_state"])
-    if not args.course_attention:
-        use_fused_attention(model)
-    bfloat16 = args.precision == "bfloat16" or (args.precision == "auto" and bfloat16_pays(device, model_config))
-    if bfloat16:
-        use_bfloat16(model)
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m solutions.gpt " + " ".join(sys.argv[1:] if argv is None else argv)
     run = checkpoint["run"] if checkpoint is not None else {"commands": [command], "wall_seconds": 0.0, "samples": []}
@@ -699,8 +673,8 @@ def main(argv=None):
         "final_train_loss": history["train_loss"][-1],
         "final_val_loss": history["val_loss"][-1],
         "wall_seconds": run["wall_seconds"] + time.perf_counter() - started,
-        "attention": "course" if args.course_attention else "fused",
-        "precision": "bfloat16" if bfloat16 else "float32",
+        "attention": "fused" if model_config.fused_attention else "course",
+        "precision": "bfloat16" if model_config.bfloat16 else "float32",
         "seconds_per_iteration": seconds_per_iteration,
         "first_interval_seconds_per_iteration": first_interval,
         "steady_seconds_per_iteration": steady,

@@ -2,16 +2,21 @@
 # module-only). Change the source notebook, then run `make release`.
 
 
+import argparse
+import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
-from matplotlib.ticker import MaxNLocator
 import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
 from torch.utils.data import DataLoader, Subset, TensorDataset, random_split
+from torchvision.utils import save_image
 
 from . import course_utils
 from .course_utils import make_grid, progress  # torchvision's make_grid, imported when first used
@@ -348,14 +353,6 @@ def visualize_manifold(decoder, grid_size=20):
     expected_imgs = (probs * levels).sum(dim=1, keepdim=True) / (probs.shape[1] - 1)
     img_grid = make_grid(expected_imgs, nrow=grid_size, pad_value=0.5).cpu()
     return img_grid
-
-
-import argparse
-import json
-import statistics
-from pathlib import Path
-
-from torchvision.utils import save_image
 
 
 def parse_config(argv=None):

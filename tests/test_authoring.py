@@ -63,6 +63,52 @@ def test_export_keeps_tagged_code_without_markers_and_with_package_imports():
     compile(module, "module.py", "exec")
 
 
+def test_export_gathers_the_imports_of_every_cell_at_the_top():
+    """After the docstring, each name once, in isort's sections and order; imports inside functions stay."""
+    module = notebooks.export_module(notebook_of(
+        code_cell('"""The module."""\nfrom __future__ import annotations\nimport torch\nimport math\n\n'
+                  "from course_utils import progress\n\nSCALE = math.pi", tags=["export"]),
+        code_cell("import argparse\nimport math\nfrom dataclasses import asdict\n"
+                  "from course_utils import seed_everything  # the run's seed\n\n\n"
+                  "def main(argv=None):\n    import json\n    return json.dumps(asdict(argparse.Namespace()))",
+                  tags=["module-only"]),
+        code_cell("from dataclasses import dataclass\n\n\n@dataclass\nclass Config:\n    scale: float = SCALE",
+                  tags=["export"]),
+    ), header="# GENERATED")
+    assert module == '''\
+# GENERATED
+
+
+"""The module."""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .course_utils import progress, seed_everything  # the run's seed
+
+
+SCALE = math.pi
+
+
+def main(argv=None):
+    import json
+    return json.dumps(asdict(argparse.Namespace()))
+
+
+@dataclass
+class Config:
+    scale: float = SCALE
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
 def test_a_module_without_main_gets_no_entry_point():
     module = notebooks.export_module(notebook_of(code_cell("x = 1", tags=["export"])), header="#")
     assert "__main__" not in module

@@ -1,17 +1,19 @@
 """The book: it builds offline, its math renders in a real browser, its pages can be launched and downloaded and
-then run, they show the reference results with published numbers and no model answer."""
+then run, they link to the assignment's downloads, they show the reference results with published numbers and no
+model answer."""
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from autograder import book
+from autograder import book, release
 from autograder.course import ROOT, source_notebooks
 
 PARTS = [source.stem for source in source_notebooks()]
@@ -21,14 +23,22 @@ MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|Users|mnt|var)/")
 
 
 @pytest.fixture(scope="module")
-def html(tmp_path_factory):
-    """The book built from the committed sources into a temporary folder (the build runs no notebook)."""
+def downloads(fresh_build, tmp_path_factory):
+    """{name: path} of what the book offers for download, made by the session's fresh release as `make release`
+    makes book/downloads/."""
+    scratch = tmp_path_factory.mktemp("downloads")
+    zip_path = release.build_zip(fresh_build.written, scratch / "assignment.zip")
+    return {path.name: path for path in release.write_downloads(fresh_build.written, zip_path, scratch / "downloads")}
+
+
+@pytest.fixture(scope="module")
+def html(downloads, tmp_path_factory):
+    """The book built from the committed sources (a copy of book/, with the downloads of the fresh release) into a
+    temporary folder (the build runs no notebook)."""
     out = tmp_path_factory.mktemp("book")
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    result = subprocess.run([str(jupyter_book), "build", str(ROOT / "book"), "--path-output", str(out),
-                             "--warningiserror", "--quiet"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out / "_build" / "html"
+    shutil.copytree(ROOT / "book", out / "book", ignore=shutil.ignore_patterns("_build", "downloads"))
+    shutil.copytree(next(iter(downloads.values())).parent, out / "book" / book.DOWNLOADS)
+    return book.build(out / "book", out)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +160,27 @@ def test_the_reference_weights_are_downloads_of_the_page(html, page):
     for name in REFERENCE_WEIGHTS[page]:
         link = re.search(rf'href="(_downloads/\w+/{re.escape(name)})"', text)
         assert link and (html / link[1]).read_bytes() == (ROOT / "book" / "results" / page / name).read_bytes()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_links_to_the_assignment_downloads_in_the_browser(html, downloads, browser, page):
+    """The introduction links to every download, a part page to the zip, its own notebook and course_utils.py; each
+    link of the page, as the browser has it, leads to the file of the release."""
+    links = book.download_links(book.rendered_dom(html / f"{page}.html", browser))
+    expected = (book.download_names(PARTS) if page == "intro"
+                else [book.ASSIGNMENT_ZIP, f"{page}.ipynb", book.SHARED_HELPERS])
+    assert set(expected) <= set(links), f"{page} does not link to {set(expected) - set(links)}"
+    for name in expected:
+        assert (html / links[name]).read_bytes() == downloads[name].read_bytes(), f"{page}: {links[name]}"
+
+
+def test_the_downloads_are_the_release_students_get(downloads, fresh_build):
+    assert list(downloads) == book.download_names(PARTS)
+    for name, path in downloads.items():
+        if name != book.ASSIGNMENT_ZIP:
+            assert path.read_bytes() == (fresh_build.out / "assignment" / name).read_bytes(), name
+    with zipfile.ZipFile(downloads[book.ASSIGNMENT_ZIP]) as archive:
+        assert {f"assignment/{name}" for name in book.download_names(PARTS)[1:]} <= set(archive.namelist())
 
 
 def test_the_first_cell_says_what_to_do_when_the_helpers_cannot_be_fetched(tmp_path, monkeypatch):

@@ -20,8 +20,9 @@ import yaml
 from distributed import Client
 
 from autograder import examples, notebooks
-from autograder.grading import cluster, coordinator as grade
-from autograder.course import ROOT
+from autograder.course import AUTOGRADER, ROOT
+from autograder.grading import cluster, coordinator, records
+from autograder.grading.job import Job
 
 # A few example students per part (each loses points on its own tests). Part 1 has three so that one worker
 # gets a batch of two of them, the one that is killed.
@@ -85,7 +86,7 @@ class LoopbackCluster:
             time.sleep(0.2)
         self.address = json.loads(scheduler_file.read_text())["address"]
         for index in range(workers):
-            # each worker's TMPDIR, where the unit's working folders show which student it grades; short, as the
+            # each worker's TMPDIR, where the jobs' working folders show which student it grades; short, as the
             # kernel's sockets below it must have paths under 108 bytes
             scratch = Path(tempfile.mkdtemp(prefix="dgm-worker"))
             self.workers.append((scratch, start(
@@ -158,24 +159,24 @@ def test_a_loopback_cluster_grades_as_the_local_pool_and_a_killed_worker_loses_n
         fresh_build, tmp_path, loopback_cluster, monkeypatch, capsys):
     local = course_with_students(fresh_build, tmp_path / "local")
     on_dask = course_with_students(fresh_build, tmp_path / "dask")
-    grade.main(["--course", str(local), "--jobs", "2"])
+    coordinator.main(["--course", str(local), "--jobs", "2"])
 
     recorded = collections.Counter()
-    record = grade.record
-    monkeypatch.setattr(grade, "record", lambda course, result, *rest: (
-        recorded.update([(result["student"], result["assignment"])]), record(course, result, *rest))[1])
+    record = records.record
+    monkeypatch.setattr(records, "record", lambda course, result, *rest: (
+        recorded.update([(result.student, result.assignment)]), record(course, result, *rest))[1])
     loopback = loopback_cluster(workers=2, dashboard=True)
     finished, failure = threading.Event(), []
 
-    def coordinator():
+    def grade_on_dask():
         try:
-            grade.main(["--course", str(on_dask), "--scheduler", loopback.address, "--batch-size", "2"])
+            coordinator.main(["--course", str(on_dask), "--scheduler", loopback.address, "--batch-size", "2"])
         except BaseException as error:  # SystemExit included: the test fails with it below
             failure.append(error)
         finally:
             finished.set()
 
-    thread = threading.Thread(target=coordinator)
+    thread = threading.Thread(target=grade_on_dask)
     thread.start()
     killed = kill_worker_mid_batch(loopback, finished)
     thread.join(timeout=1200)
@@ -188,8 +189,8 @@ def test_a_loopback_cluster_grades_as_the_local_pool_and_a_killed_worker_loses_n
     expected = {(student, notebook) for notebook, students in STUDENTS.items() for student in students}
     assert set(recorded) == expected and set(recorded.values()) == {1}  # every student recorded once
     assert scores_of(on_dask) == scores_of(local)
-    report = {key: (row["score"], row["max"], row["status"]) for key, row in grade.read_report(on_dask).items()}
-    assert report == {key: (row["score"], row["max"], row["status"]) for key, row in grade.read_report(local).items()}
+    report = {key: (row["score"], row["max"], row["status"]) for key, row in records.read_report(on_dask).items()}
+    assert report == {key: (row["score"], row["max"], row["status"]) for key, row in records.read_report(local).items()}
     rows = gradebook_rows(on_dask)
     assert set(rows) == expected and {submitted for submitted, _ in rows.values()} == {1}
     assert {key: grades for key, (_, grades) in rows.items()} == {
@@ -201,7 +202,7 @@ def test_a_worker_whose_environment_differs_is_refused_and_sent_no_work(loopback
     coordinators = cluster.course_environment
     monkeypatch.setattr(cluster, "course_environment", lambda sandbox: {**coordinators(sandbox), "torch": "0.0.1"})
     monkeypatch.setattr(cluster, "WAIT_SECONDS", 1)
-    stand_in = {"assignment": "part1_vae", "student": "ada", "source": {}, "release": {}, "submission": {}}
+    stand_in = Job("part1_vae", "ada", source={}, release={}, submission={})
     with cluster.DaskExecutor(Client(loopback.address)) as executor, pytest.raises(SystemExit) as stopped:
         list(executor.map_batches([stand_in]))
     (_, worker), = loopback.workers
@@ -238,11 +239,12 @@ def test_a_missing_cluster_package_says_what_to_install(monkeypatch):
 
 
 def test_the_example_config_has_a_section_for_every_kind_of_cluster():
-    config = yaml.safe_load((ROOT / "autograder" / "cluster.yml").read_text(encoding="utf-8"))
+    config = yaml.safe_load((AUTOGRADER / "grading" / "cluster.yml").read_text(encoding="utf-8"))
     assert set(config) == set(cluster.CLUSTERS)
 
 
 def test_batches_hold_one_assignment_each():
-    jobs = [{"assignment": notebook, "student": str(index)} for notebook in ("a", "b") for index in range(3)]
-    assert [[(job["assignment"], job["student"]) for job in batch] for batch in cluster.batches(jobs, 2)] == [
+    jobs = [Job(notebook, str(index), source={}, release={}, submission={}) for notebook in ("a", "b")
+            for index in range(3)]
+    assert [[(job.assignment, job.student) for job in batch] for batch in cluster.batches(jobs, 2)] == [
         [("a", "0"), ("a", "1")], [("a", "2")], [("b", "0"), ("b", "1")], [("b", "2")]]

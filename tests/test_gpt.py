@@ -1,10 +1,11 @@
 """Tests of the Part 3 module solutions.gpt (exported from solutions/part3_gpt.md by `make release`): the
-command-line trainer and its fused attention, and generation with a key/value cache against the plain loop."""
-import copy
+command-line trainer (its runs, how it resumes), the model's speed settings (fused attention, bfloat16), and
+generation with a key/value cache against the plain loop."""
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,14 @@ def test_help():
         assert option in result.stdout
 
 
-def test_tiny_training_run(tmp_path):
-    text = tmp_path / "text.txt"
+def tiny_text(folder):
+    text = folder / "text.txt"
     text.write_text("the quick brown fox jumps over the lazy dog.\n" * 300, encoding="utf-8")
+    return text
+
+
+def test_tiny_training_run(tmp_path):
+    text = tiny_text(tmp_path)
     out = tmp_path / "run"
     gpt.main(["--text", str(text), "--model", "gpt-nano", "--block-size", "16", "--batch-size", "16",
               "--max-iters", "60", "--warmup-iters", "5", "--learning-rate", "3e-3", "--eval-interval", "30",
@@ -61,6 +67,59 @@ def test_tiny_training_run(tmp_path):
     assert metrics["precision"] == "float32", "bfloat16 does not pay for a model as narrow as gpt-nano"
     assert metrics["first_interval_seconds_per_iteration"] > 0 and metrics["steady_seconds_per_iteration"] > 0
     assert metrics["final_val_loss"] < math.log(vocabulary_size) - 0.5, "the loss must fall below a uniform guess"
+
+
+class Interrupted(Exception):
+    """A run stopped after its first checkpoint, as by a lost machine or a time limit."""
+
+
+def train_until_the_first_checkpoint(train):
+    """gpt.train that stops the run right after the first evaluation has saved its checkpoint."""
+    def interrupted_train(model, train_data, val_data, config, after_evaluation, resume):
+        def save_then_stop(*state):
+            after_evaluation(*state)
+            raise Interrupted
+        return train(model, train_data, val_data, config, save_then_stop, resume)
+    return interrupted_train
+
+
+def test_a_resumed_run_ends_as_the_uninterrupted_run(tmp_path, monkeypatch):
+    """--resume goes on with the checkpoint's model, settings, optimizer, history and random state: the same
+    weights and history as a run that was never stopped. The checkpoint loses its speed settings first, as one
+    written before they were fields of GPTConfig (the checkpoints of runs under way) has none."""
+    text = tiny_text(tmp_path)
+    run = ["--text", str(text), "--model", "gpt-nano", "--block-size", "16", "--batch-size", "8", "--max-iters",
+           "20", "--warmup-iters", "2", "--eval-interval", "10", "--eval-iters", "2", "--sample-length", "10",
+           "--device", "cpu"]
+    gpt.main([*run, "--out", str(tmp_path / "uninterrupted")])
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(gpt, "train", train_until_the_first_checkpoint(gpt.train))
+        with pytest.raises(Interrupted):
+            gpt.main([*run, "--out", str(out)])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["iteration"] == 10 and not (out / "metrics.json").exists()
+    for setting in ("fused_attention", "bfloat16"):
+        del checkpoint["model_config"][setting]
+    torch.save(checkpoint, out / "checkpoint.pt")
+    # Only what is not in the checkpoint: the text, the device and the length of the samples (drawn at random).
+    gpt.main(["--text", str(text), "--device", "cpu", "--sample-length", "10", "--out", str(out), "--resume"])
+
+    resumed, uninterrupted = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+                              for name in ("resumed", "uninterrupted"))
+    assert resumed["iteration"] == uninterrupted["iteration"] == 20
+    assert resumed["model"].keys() == uninterrupted["model"].keys()
+    assert all(torch.equal(resumed["model"][name], uninterrupted["model"][name]) for name in resumed["model"])
+    for key in ("iteration", "train_loss", "val_loss", "step_loss", "learning_rate"):  # all but the timings
+        assert resumed["history"][key] == uninterrupted["history"][key], key
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["command"].endswith(f"--out {out}") and metrics["resumed_with"][0].endswith("--resume")
+    assert metrics["model_config"]["n_embd"] == 48 and metrics["attention"] == "fused"
+
+
+def test_resume_without_a_checkpoint_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="Nothing to resume: .* Train without --resume first"):
+        gpt.main(["--out", str(tmp_path / "never_trained"), "--resume"])
 
 
 def test_fused_attention_equals_the_course_attention_outputs_and_gradients():
@@ -81,32 +140,36 @@ def test_fused_attention_equals_the_course_attention_outputs_and_gradients():
         assert torch.allclose(course_gradient, fused_gradient, atol=1e-10)
 
 
-def test_use_fused_attention_keeps_the_model(model):
-    fused = gpt.use_fused_attention(copy.deepcopy(model))
+def test_fused_attention_keeps_the_model(model):
+    fused = gpt.GPT(replace(model.config, fused_attention=True)).double().eval()
     assert all(isinstance(block.attn, gpt.FusedCausalSelfAttention) for block in fused.transformer.h)
-    assert fused.state_dict().keys() == model.state_dict().keys()  # checkpoints load into a plain GPT
+    fused.load_state_dict(model.state_dict())  # the same parameters and names: checkpoints load either way
+    assert fused.state_dict().keys() == model.state_dict().keys()
     idx = prompt(BLOCK_SIZE)
     assert torch.allclose(fused(idx), model(idx), atol=1e-10)
 
 
 def test_bfloat16_training_learns_as_float32_does():
-    """The mixed-precision model follows its weights as they change, even inside a caller's autocast region and
-    with evaluations between the steps: its loss ends where float32's does, within bfloat16's rounding. (With
-    autocast's weight cache on, the evaluations used stale weights: 2.6 against 0.6.)"""
+    """The mixed-precision model (bfloat16=True) follows its weights as they change, even inside a caller's
+    autocast region and with evaluations between the steps: its loss ends where float32's does, within bfloat16's
+    rounding. (With autocast's weight cache on, the evaluations used stale weights: 2.6 against 0.6.)"""
     text = torch.arange(400) % VOCAB_SIZE  # a sequence a GPT learns in a few steps
     config = gpt.TrainConfig(batch_size=16, max_iters=60, learning_rate=3e-3, warmup_iters=5, eval_interval=20,
                              eval_iters=2)
     losses = {}
     for precision in ("float32", "bfloat16"):
         torch.manual_seed(0)
-        model = gpt.use_fused_attention(gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, block_size=BLOCK_SIZE,
-                                                               n_layer=2, n_head=2, n_embd=32, dropout=0.1)))
-        if precision == "bfloat16":
-            gpt.use_bfloat16(model)
+        model = gpt.GPT(gpt.GPTConfig(vocab_size=VOCAB_SIZE, block_size=BLOCK_SIZE, n_layer=2, n_head=2, n_embd=32,
+                                      dropout=0.1, fused_attention=True, bfloat16=precision == "bfloat16"))
         with torch.autocast("cpu", enabled=False):  # a caller's region, as a test harness or notebook may have
             history = gpt.train(model, text, text, config)
         losses[precision] = history["val_loss"][-1]
         assert model(text[None, :BLOCK_SIZE]).dtype == torch.float32
+    # The same weights without the setting: the logits differ by bfloat16's rounding only.
+    float32 = gpt.GPT(replace(model.config, bfloat16=False))
+    float32.load_state_dict(model.state_dict())
+    difference = (model.eval()(text[None, :BLOCK_SIZE]) - float32.eval()(text[None, :BLOCK_SIZE])).abs().max()
+    assert 0 < difference < 0.1, difference
     assert losses["float32"] < 0.5 * math.log(VOCAB_SIZE), losses
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.1, losses
 

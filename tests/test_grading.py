@@ -7,17 +7,19 @@ import nbformat
 import pytest
 
 from autograder import examples
-from autograder.grading import coordinator as grade, unit
 from autograder.course import source_notebooks
+from autograder.grading import coordinator, records, submission
+from autograder.grading.job import Job
+from autograder.limits import Limits
 from autograder.preprocessors import TruncateLongOutputs
 
 NOTEBOOKS = [source.stem for source in source_notebooks()]
 
 
 def run_grade(fresh_build, course, capsys, *arguments):
-    """grade.main on the example students in `course`; its printed output."""
+    """coordinator.main on the example students in `course`; its printed output."""
     try:
-        grade.main(["--examples", "--course", str(course), "--released-in", str(fresh_build.course), *arguments])
+        coordinator.main(["--examples", "--course", str(course), "--released-in", str(fresh_build.course), *arguments])
     finally:
         out = capsys.readouterr().out
         print(out)  # the table, in pytest's report when something fails
@@ -28,14 +30,14 @@ def run_grade(fresh_build, course, capsys, *arguments):
 def examples_course(fresh_build, tmp_path_factory):
     """The example students of every notebook, graded once in their own course folder."""
     course = tmp_path_factory.mktemp("examples") / "course"
-    grade.main(["--examples", "--course", str(course), "--released-in", str(fresh_build.course)])
+    coordinator.main(["--examples", "--course", str(course), "--released-in", str(fresh_build.course)])
     return course
 
 
 def test_every_example_submission_scores_as_its_file_says(examples_course, fresh_build):
     """The reference gets full marks, the release zero, each mistake loses points on its own test only
-    (grade.main exits with an error otherwise); the report has a row per student and notebook."""
-    report = grade.read_report(examples_course)
+    (coordinator.main exits with an error otherwise); the report has a row per student and notebook."""
+    report = records.read_report(examples_course)
     assert set(report) == {(example.student, name) for name in NOTEBOOKS for example in examples.load_examples(name)}
     assert {row["status"] for row in report.values()} == {"ok"}
     for name in NOTEBOOKS:
@@ -49,7 +51,7 @@ def test_every_example_submission_scores_as_its_file_says(examples_course, fresh
 
 def test_a_second_run_grades_nothing_and_says_what_it_skipped(examples_course, fresh_build, capsys):
     out = run_grade(fresh_build, examples_course, capsys)
-    assert f"Graded 0 submissions, skipped {len(grade.read_report(examples_course))} unchanged" in out
+    assert f"Graded 0 submissions, skipped {len(records.read_report(examples_course))} unchanged" in out
     assert "reference" in out and "skipped" in out
 
 
@@ -66,15 +68,15 @@ def notebook_bytes(cells):
 
 def test_a_notebook_under_another_name_is_graded_under_its_own(tmp_path):
     (tmp_path / "part1_vae (1).ipynb").write_bytes(notebook_bytes([]))
-    files, notes = grade.submitted_notebook(tmp_path, "part1_vae")
+    files, notes = submission.submitted_notebook(tmp_path, "part1_vae")
     assert list(files) == ["part1_vae.ipynb"] and "part1_vae (1).ipynb" in notes[0]
 
 
 def test_a_symlinked_notebook_is_refused(tmp_path):
     (tmp_path / "elsewhere.ipynb").write_bytes(notebook_bytes([]))
     (tmp_path / "part1_vae.ipynb").symlink_to(tmp_path / "elsewhere.ipynb")
-    with pytest.raises(unit.Refused, match="symbolic link"):
-        grade.submitted_notebook(tmp_path, "part1_vae")
+    with pytest.raises(submission.Refused, match="symbolic link"):
+        submission.submitted_notebook(tmp_path, "part1_vae")
 
 
 @pytest.mark.parametrize("files, complaint", [
@@ -83,8 +85,9 @@ def test_a_symlinked_notebook_is_refused(tmp_path):
     ({}, "no part1_vae.ipynb"),
 ])
 def test_a_submission_that_cannot_be_read_is_refused(files, complaint):
-    with pytest.raises(unit.Refused, match=complaint):
-        unit.read_submission({"assignment": "part1_vae", "submission": files})
+    job = Job("part1_vae", "ada", source={}, release={}, submission=files)
+    with pytest.raises(submission.Refused, match=complaint):
+        submission.read_submission(job)
 
 
 def graded_cell(grade_id, source, solution=False):
@@ -99,11 +102,11 @@ def test_test_cells_must_appear_exactly_once():
                                              graded_cell("test_bpd", "assert x > 0")])
     duplicated = nbformat.v4.new_notebook(cells=[source.cells[0], source.cells[1],
                                                  graded_cell("test_kld", "assert x == 1")])
-    refusals, _ = unit.cell_problems(duplicated, source, source)
+    refusals, _ = submission.cell_problems(duplicated, source, source)
     assert "duplicated test cell test_kld (its grade_id appears 2 times)" in refusals
     assert "missing test cell test_bpd" in refusals
     copied = nbformat.v4.new_notebook(cells=[*source.cells, nbformat.v4.new_code_cell("assert x == 1")])
-    assert unit.cell_problems(copied, source, source) == ([], ["cell 3 is a copy of test cell test_kld"])
+    assert submission.cell_problems(copied, source, source) == ([], ["cell 3 is a copy of test cell test_kld"])
 
 
 def test_a_student_id_that_is_not_plain_is_refused_not_globbed(fresh_build, tmp_path):
@@ -113,22 +116,22 @@ def test_a_student_id_that_is_not_plain_is_refused_not_globbed(fresh_build, tmp_
         (course / folder).symlink_to(fresh_build.course / folder)
     for student in ("[g]lob", "g"):
         (course / "submitted" / student / NOTEBOOKS[0]).mkdir(parents=True)
-    jobs, failures = grade.collect(course, NOTEBOOKS[0], {}, sandbox=True)
-    assert [job["student"] for job in jobs] == ["g"]
-    assert [result["student"] for result in failures] == ["[g]lob"]
-    assert "not a plain id" in failures[0]["reason"] and failures[0]["status"] == "failed"
+    found = submission.collect(course, NOTEBOOKS[0], Limits(), sandbox=True)
+    assert [job.student for job in found.jobs] == ["g"]
+    assert [result.student for result in found.refused] == ["[g]lob"]
+    assert "not a plain id" in found.refused[0].reason and found.refused[0].status == "failed"
 
 
 def test_a_corrupted_gradebook_is_reported_and_nothing_is_graded(tmp_path):
     (tmp_path / "gradebook.db").write_bytes(b"SQLite format 3\x00" + b"\x00garbage" * 1000)
     with pytest.raises(SystemExit, match="gradebook.db is corrupted .* Restore the backup"):
-        grade.check_gradebook(tmp_path)
+        records.check_gradebook(tmp_path)
 
 
 def test_the_gradebook_is_backed_up(tmp_path):
     with sqlite3.connect(tmp_path / "gradebook.db") as database:
         database.execute("create table grade (score)")
-    grade.back_up_gradebook(tmp_path)
+    records.back_up_gradebook(tmp_path)
     with sqlite3.connect(tmp_path / "gradebook.db.backup") as backup:
         assert backup.execute("select count(*) from grade").fetchone() == (0,)
 

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from autograder import examples, notebooks
-from autograder.grading import coordinator as grade
+from autograder.grading import coordinator, records
 from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"
@@ -111,7 +111,7 @@ def per_test_scores(course):
     """{(student, test grade_id): (score, manual score)} in the course's gradebook."""
     from nbgrader.api import Gradebook
 
-    with Gradebook(grade.gradebook_url(course)) as gradebook:
+    with Gradebook(records.gradebook_url(course)) as gradebook:
         return {(submission.student.id, g.name): (g.score, g.manual_score)
                 for submission in gradebook.notebook_submissions(NOTEBOOK, NOTEBOOK)
                 for g in submission.grades if g.cell.cell_type == "code"}
@@ -139,7 +139,7 @@ def graded(fresh_build, tmp_path_factory):
     """The clean run of the controls, then the hostile batch; what a test needs to check them."""
     clean = new_course(fresh_build.course, tmp_path_factory.mktemp("clean") / "course")
     write_controls(clean)
-    grade.main(["--course", str(clean), NOTEBOOK, *LIMITS])
+    coordinator.main(["--course", str(clean), NOTEBOOK, *LIMITS])
 
     listener = Listener()
     course = new_course(fresh_build.course, tmp_path_factory.mktemp("hostile") / "course")
@@ -150,11 +150,11 @@ def graded(fresh_build, tmp_path_factory):
                  ROOT / "autograder", ROOT / "assignment", Path(torch.__file__).parent / "__init__.py"]
     before = tree_hashes(*protected)
     started = time.perf_counter()
-    grade.main(["--course", str(course), NOTEBOOK, *LIMITS])
+    coordinator.main(["--course", str(course), NOTEBOOK, *LIMITS])
     print(f"hostile batch: {time.perf_counter() - started:.0f} s")
     listener.socket.close()
     return SimpleNamespace(course=course, clean=clean, listener=listener, protected=protected, before=before,
-                           report=grade.read_report(course))
+                           report=records.read_report(course))
 
 
 @pytest.mark.parametrize("entry", corpus(), ids=lambda entry: entry["student"])
@@ -179,7 +179,7 @@ def test_the_controls_score_exactly_as_in_a_clean_run(graded):
 
 def test_instructor_and_repository_files_are_unchanged(graded):
     assert tree_hashes(*graded.protected) == graded.before
-    grade.check_gradebook(graded.course)
+    records.check_gradebook(graded.course)
     # no manual score but the 0 that withholds a flagged student's autograded score
     assert {manual for _, manual in per_test_scores(graded.course).values()} <= {None, 0}
 

@@ -25,7 +25,7 @@ HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", 
 # Two real students, as the LMSs name their files: one late in Canvas, one in Moodle (whose KLD is wrong).
 CANVAS_FILE = f"doejane_late_12345_67890_{NOTEBOOK}.ipynb"
 MOODLE_FILE = f"John Smith_4321_assignsubmission_file_/{NOTEBOOK}.ipynb"
-STUDENTS = {"doejane_12345": "reference", "john_smith": "kld_mean"}  # student id: example it submits
+STUDENTS = {"canvas_12345": "reference", "moodle_4321": "kld_mean"}  # student id (from the LMS's id): example
 
 
 def example_notebook(course, student):
@@ -109,20 +109,21 @@ def test_collect_files_each_student_with_name_id_and_late_flag(course):
     for student in STUDENTS:
         assert (course / "submitted" / student / NOTEBOOK / f"{NOTEBOOK}.ipynb").is_file()
     records = export.read_records(course)
-    assert records[(NOTEBOOK, "doejane_12345")]["late"] == "yes"
-    assert records[(NOTEBOOK, "john_smith")]["lms_id"] == "4321"
+    assert records[(NOTEBOOK, "canvas_12345")]["late"] == "yes"
+    assert records[(NOTEBOOK, "moodle_4321")]["lms_id"] == "4321"
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        student = gradebook.find_student("john_smith")
+        student = gradebook.find_student("moodle_4321")
         assert (student.first_name, student.last_name) == ("John", "Smith")
 
 
 def test_collect_reads_brightspace_and_blackboard_names():
-    brightspace = re.match(collect.BrightspaceCollector.named_regexp,
-                           f"/x/123-456 - Ann Lee - Mar 3, 2024 945 AM - {NOTEBOOK}.ipynb")
-    blackboard = re.match(collect.BlackboardCollector.named_regexp,
-                          f"/x/HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb")
-    assert brightspace["full_name"] == "Ann Lee" and brightspace["file_id"] == f"{NOTEBOOK}.ipynb"
-    assert blackboard["username"] == "alee" and blackboard["file_id"] == f"{NOTEBOOK}.ipynb"
+    brightspace = collect.LMSS["brightspace"].pattern.fullmatch(
+        f"123-456 - Ann Lee - Mar 3, 2024 945 AM - {NOTEBOOK}.ipynb")
+    blackboard = collect.LMSS["blackboard"].pattern.fullmatch(
+        f"HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb")
+    assert brightspace["full_name"] == "Ann Lee" and brightspace["user_id"] == "456"
+    assert brightspace["file"] == f"{NOTEBOOK}.ipynb"
+    assert blackboard["username"] == "alee" and blackboard["file"] == f"{NOTEBOOK}.ipynb"
     assert collect.detect_lms([f"HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb"]) == "blackboard"
     assert collect.detect_lms([MOODLE_FILE, "index.html"]) == "moodle"
     assert collect.detect_lms([CANVAS_FILE]) == "canvas"
@@ -171,7 +172,7 @@ def test_feedback_shows_test_names_and_messages_but_no_hidden_test_code(course, 
         assert not shown, f"{student}'s feedback shows hidden tests: {shown[:3]}"
         assert "HIDDEN TESTS" not in page and "test_kld" in page
         assert 'src="../../mathjax/tex-chtml.js"' in page
-    failed_kld = feedback_page(course, "john_smith").split('name="test_kld"')[1].split('name="test_')[0]
+    failed_kld = feedback_page(course, "moodle_4321").split('name="test_kld"')[1].split('name="test_')[0]
     assert "AssertionError" in failed_kld and "Traceback" not in failed_kld
     assert (course / "feedback" / "mathjax" / "tex-chtml.js").is_file()
 
@@ -189,15 +190,15 @@ def test_export_writes_real_students_grades_with_written_answers_and_lms_files(c
                     if cell.cell_type == "code")
     grades = {row["student_id"]: row for row in read_csv(course / "grades.csv") if row["assignment"] == NOTEBOOK}
     assert set(grades) == set(STUDENTS), "grades.csv: the real students, never the example students"
-    assert float(grades["doejane_12345"]["score"]) == maximum > tests, "written answers count in the score"
-    assert float(grades["john_smith"]["score"]) < maximum
-    assert grades["doejane_12345"]["late"] == "yes" and grades["john_smith"]["late"] == ""
+    assert float(grades["canvas_12345"]["score"]) == maximum > tests, "written answers count in the score"
+    assert float(grades["moodle_4321"]["score"]) < maximum
+    assert grades["canvas_12345"]["late"] == "yes" and grades["moodle_4321"]["late"] == ""
     canvas = read_csv(course / "canvas.csv")
     assert list(canvas[0])[:5] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
     assert [(row["ID"], float(row[NOTEBOOK])) for row in canvas] == [("12345", maximum)]
     moodle = read_csv(course / f"moodle_{NOTEBOOK}.csv")
     assert [(row["Identifier"], row["Full name"]) for row in moodle] == [("Participant 4321", "John Smith")]
-    assert float(moodle[0]["Grade"]) == float(grades["john_smith"]["score"])
+    assert float(moodle[0]["Grade"]) == float(grades["moodle_4321"]["score"])
 
 
 def test_hidden_tests_leave_only_their_name_points_and_message():

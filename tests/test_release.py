@@ -176,3 +176,27 @@ def test_release_keeps_book_only_cells_out_and_the_book_keeps_them(name):
     for text in book_only:
         assert not any(cell.source == text for cell in released.cells)
         assert any(cell.source == book_pages.fill_placeholders(text, book_pages.RESULTS / name) for cell in book.cells)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_course_releases_the_students_notebook(fresh_build, name):
+    """What nbgrader releases from the course folder (to an exchange: make exchange) is assignment/'s notebook,
+    without the book-only cells, with the README.md its header points to."""
+    for file in (f"{name}.ipynb", "README.md", "course_utils.py"):
+        released = fresh_build.course / "release" / name / file
+        assert released.read_bytes() == (fresh_build.out / "assignment" / file).read_bytes(), file
+
+
+def test_the_book_downloads_are_written_by_the_release_and_kept_out_of_git(fresh_build, tmp_path):
+    zipped = release.build_zip(fresh_build.written, tmp_path / "assignment.zip")
+    written = release.write_downloads(fresh_build.written, zipped, tmp_path / "downloads")
+    assert [path.name for path in written] == book_pages.download_names(NOTEBOOKS)
+    assert (tmp_path / "downloads" / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert (tmp_path / "downloads" / "assignment.zip").read_bytes() == zipped.read_bytes()
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_book_pages_link_to_the_downloads_from_their_header(name):
+    header = notebooks.read(ROOT / "book" / f"{name}.ipynb").cells[0].source
+    for download in ("assignment.zip", f"{name}.ipynb", "course_utils.py"):
+        assert f"(path:downloads/{download})" in header, download

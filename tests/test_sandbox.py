@@ -1,4 +1,4 @@
-"""The sandboxed kernel (autograder/sandbox/kernelspec.py): what student code can see, write, reach and use up, driven
+"""The sandboxed kernel (autograder/sandbox/): what student code can see, write, reach and use up, driven
 through jupyter_client with nbgrader's options, and one real `nbgrader autograde` of a toy assignment. Every test
 runs both ways a kernel starts: in a bwrap sandbox of its own, and forked by a Zygote (what the workers use)."""
 import json
@@ -19,30 +19,33 @@ from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
-from autograder.grading import unit
-from autograder.sandbox import kernelspec as sandbox
+from autograder.grading.unit import WorkerState
+from autograder.grading.worker import Worker
+from autograder.limits import Limits
+from autograder.sandbox import bwrap, kernelspec, launcher
+from autograder.sandbox.cgroups import Cgroups
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-" + uuid.uuid4().hex
 
 try:
-    sandbox.check_available()
-except sandbox.SandboxUnavailable as unavailable:
+    kernelspec.check_available()
+except kernelspec.SandboxUnavailable as unavailable:
     pytest.skip(f"no sandbox on this machine: {unavailable}", allow_module_level=True)
 
 
 class Kernel:
     """A sandboxed kernel started as nbgrader would start it: from the options nbgrader_launch returns."""
 
-    def __init__(self, tmp_path, zygote, limits=sandbox.Limits(), hidden=()):
+    def __init__(self, tmp_path, zygote, limits=Limits(), hidden=()):
         self.state = tmp_path / "state"
         self.workdir = tmp_path / "work"
         self.workdir.mkdir()
         (self.workdir / "helper.py").write_text("VALUE = 7\n")
         (self.workdir / "notebook.ipynb").write_text("{}")  # nbgrader's notebook, with the hidden tests
-        options, env = sandbox.nbgrader_launch(limits, self.state, [ROOT, *hidden], zygote)
+        options, env = kernelspec.nbgrader_launch(limits, self.state, [ROOT, *hidden], zygote)
         config = KVArgParseConfigLoader([option for option in options if "KernelManager" in option]).load_config()
-        self.manager = KernelManager(kernel_name=sandbox.KERNEL_NAME, config=config)
+        self.manager = KernelManager(kernel_name=kernelspec.KERNEL_NAME, config=config)
         with pytest.MonkeyPatch.context() as patch:  # env: JUPYTER_PATH, where the kernelspec is
             for name, value in env.items():
                 patch.setenv(name, value)
@@ -78,7 +81,7 @@ class Kernel:
         self.manager.shutdown_kernel()
 
     def events(self):
-        return sandbox.kernel_events(self.state)
+        return kernelspec.kernel_events(self.state)
 
 
 @pytest.fixture(scope="module", params=["own sandbox", "zygote"])
@@ -89,7 +92,7 @@ def zygote(request):
         return
     with pytest.MonkeyPatch.context() as patch:  # the zygote's environment must not leak the grader's either
         patch.setenv("GRADER_SECRET", SECRET)
-        server = sandbox.Zygote([ROOT])
+        server = kernelspec.Zygote([ROOT])
     yield server
     server.close()
 
@@ -122,7 +125,7 @@ def test_hidden_paths_are_invisible(kernel, path):
 def test_home_shows_only_the_interpreter(kernel):
     """$HOME is empty but for the folders the interpreter lives in (with pyenv, ~/.pyenv)."""
     home = Path.home()
-    needed = {path.relative_to(home).parts[0] for path in map(Path, sandbox.needed_paths())
+    needed = {path.relative_to(home).parts[0] for path in map(Path, bwrap.needed_paths())
               if path.is_relative_to(home)}
     printed, _ = kernel.run(f"import os; print(sorted(os.listdir({str(home)!r})))")
     assert printed == f"{sorted(needed)}\n"
@@ -170,10 +173,73 @@ def test_the_grader_environment_does_not_leak(kernel):
     assert int(count) >= 3 and jpy_parent_pid == "unset" and leaked == "False"
 
 
-@pytest.mark.skipif(not sandbox.Cgroups.usable("pids") and os.geteuid() == 0,
+def test_only_variables_named_in_the_allow_list_reach_the_kernel(tmp_path, zygote):
+    """The kernel's environment passes variables by name, no prefix: a token named like a library's setting
+    stays outside (so does the launcher's PYTHONPATH), what the notebooks read gets in."""
+    secrets = ["NVIDIA_API_KEY", "CUDA_TOKEN", "TORCH_HUB_TOKEN", "DGM_UPLOAD_TOKEN", "NBGRADER_DB_PASSWORD",
+               "LC_SECRET", "OMP_SECRET", "MKL_LICENSE_KEY"]
+    with pytest.MonkeyPatch.context() as patch:
+        for name in secrets:
+            patch.setenv(name, SECRET)
+        patch.setenv("OMP_NUM_THREADS", "1")
+        patch.setenv("NBGRADER_EXECUTION", "autograde")
+        kernel = Kernel(tmp_path, zygote)
+    printed, error = kernel.run("import glob, os\n"
+                                "seen = ''\n"
+                                "for path in glob.glob('/proc/[0-9]*/environ'):\n"
+                                "    try:\n"
+                                "        seen += open(path, 'rb').read().decode()\n"
+                                "    except OSError:\n"
+                                "        pass\n"
+                                f"print([name for name in {[*secrets, 'PYTHONPATH']!r} "
+                                "if name in os.environ or name in seen], "
+                                f"{SECRET!r} in seen, os.environ['OMP_NUM_THREADS'], os.environ['NBGRADER_EXECUTION'])")
+    kernel.shutdown()
+    assert (printed, error) == ("[] False 1 autograde\n", "")
+
+
+def test_what_the_kernel_writes_below_sys_stdout_stays_off_the_graders_streams(tmp_path, zygote, capfd):
+    """The kernel's standard streams are its own, not those of the grader (whose stderr is a file on the host's
+    disk, outside every limit): what student code writes to file descriptors (C code, subprocesses, os.write;
+    ipykernel echoes those to the kernel's own stdout and stderr) goes nowhere near them."""
+    kernel = Kernel(tmp_path, zygote)  # its launcher gets this test's captured stdout and stderr
+    _, error = kernel.run("import os, subprocess, sys\n"
+                          "for fd in (1, 2, sys.stdout.fileno(), sys.stderr.fileno()):\n"
+                          "    os.write(fd, b'fd-level marker ' * 10**4)\n"
+                          "subprocess.run(['echo', 'subprocess marker'])")
+    kernel.shutdown()
+    written = capfd.readouterr()
+    assert error == "" and "marker" not in written.out + written.err
+
+
+def test_a_kernel_that_dies_says_why_in_its_events(tmp_path, zygote):
+    """The last line a kernel that died wrote to its own stderr (read with a cap, whatever it wrote before) is in
+    its events, e.g. the error that stopped it at start-up, before it could answer nbgrader; none of its
+    output reaches the launcher's streams."""
+    state, workdir = tmp_path / "state", tmp_path / "work"
+    workdir.mkdir()
+    kernelspec.nbgrader_launch(Limits(), state, [ROOT], zygote)
+    spec = json.loads((state / "jupyter" / "kernels" / kernelspec.KERNEL_NAME / "kernel.json").read_text())
+    connection = state / "runtime" / "kernel.json"  # as nbgrader's kernel manager writes it
+    ports = ["shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"]
+    connection.write_text(json.dumps({"transport": "ipc", "ip": str(state / "runtime" / "kernel"),
+                                      **{name: number for number, name in enumerate(ports, 1)}}))
+    failing = ("import sys\n"
+               "sys.stdout.write('out' * 10**6)\n"
+               "sys.stderr.write('err' * 10**6 + '\\nModuleNotFoundError: no kernel here\\n')\n"
+               "sys.stderr.flush()\n"
+               "sys.exit(1)")
+    launcher_command = spec["argv"][:spec["argv"].index("--") + 1]  # the kernel after "--" is ours
+    run = subprocess.run([*launcher_command, sys.executable, "-c", failing, "-f", str(connection)], cwd=workdir,
+                         env={**os.environ, **spec["env"]}, capture_output=True, timeout=120)
+    assert (run.returncode, run.stdout, run.stderr) == (1, b"", b"")
+    assert kernelspec.kernel_events(state) == ["kernel died (exit code 1): ModuleNotFoundError: no kernel here"]
+
+
+@pytest.mark.skipif(not Cgroups.usable("pids") and os.geteuid() == 0,
                     reason="no pids cgroup, and RLIMIT_NPROC does not bind root")
 def test_a_fork_bomb_hits_the_process_limit(tmp_path, zygote):
-    kernel = Kernel(tmp_path, zygote, sandbox.Limits(processes=40))
+    kernel = Kernel(tmp_path, zygote, Limits(processes=40))
     printed, _ = kernel.run("import subprocess\n"
                             "children = []\n"
                             "try:\n"
@@ -185,14 +251,14 @@ def test_a_fork_bomb_hits_the_process_limit(tmp_path, zygote):
                             "    child.kill(), child.wait()")
     kernel.shutdown()
     assert printed == "BlockingIOError\n"
-    assert kernel.events() == (["reached the limit of 40 processes"] if sandbox.Cgroups.usable("pids") else [])
+    assert kernel.events() == (["reached the limit of 40 processes"] if Cgroups.usable("pids") else [])
 
 
 def test_a_memory_bomb_is_stopped(tmp_path, zygote):
     """A cgroup kills the kernel at its limit, and the events say so; RLIMIT_AS (no cgroup) refuses the memory,
     at a limit the kernel itself can start under."""
-    cgroup = sandbox.Cgroups.usable("memory")
-    kernel = Kernel(tmp_path, zygote, sandbox.Limits(memory_bytes=(300 if cgroup else 1000) * 2**20))
+    cgroup = Cgroups.usable("memory")
+    kernel = Kernel(tmp_path, zygote, Limits(memory_bytes=(300 if cgroup else 1000) * 2**20))
     try:
         if cgroup:
             assert kernel.run_until_it_dies("hog = b'x' * 2 * 10**9")
@@ -224,7 +290,7 @@ def eventually(condition, timeout=10):
 
 
 def kernel_records(kernel):
-    return [json.loads(line) for line in (kernel.state / sandbox.EVENTS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (kernel.state / launcher.EVENTS_FILE).read_text().splitlines()]
 
 
 def test_a_kernel_leaves_nothing_behind(tmp_path, zygote):
@@ -262,7 +328,7 @@ def test_a_forked_kernel_finds_nothing_of_the_one_before(tmp_path, zygote):
     if zygote is None:
         pytest.skip("kernels in a sandbox of their own share nothing")
     marker = f"{uuid.uuid4().int % 10**6 + 10**6}"
-    places = [f"{folder}/left" for folder in (sandbox.PRIVATE_TMP, Path.home(), sandbox.PRIVATE_SHM)] + ["left"]
+    places = [f"{folder}/left" for folder in (bwrap.PRIVATE_TMP, Path.home(), bwrap.PRIVATE_SHM)] + ["left"]
     (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
     first = Kernel(tmp_path / "first", zygote)
     first.run("import subprocess\n"
@@ -286,10 +352,10 @@ def test_a_killed_workers_zygote_folder_is_removed_by_its_parent(zygote):
     those of the worker it killed."""
     if zygote is None:
         pytest.skip("no zygote, no folder")
-    assert sandbox.zygote_folders(os.getpid()) == [zygote.folder]
-    worker = unit.Worker()
+    assert kernelspec.zygote_folders(os.getpid()) == [zygote.folder]
+    worker = Worker()
     worker.start()
-    left = Path(tempfile.mkdtemp(prefix=sandbox.zygote_folder_prefix(worker.process.pid)))  # as its zygote would
+    left = Path(tempfile.mkdtemp(prefix=kernelspec.zygote_folder_prefix(worker.process.pid)))  # as its zygote would
     worker.stop()
     assert not left.exists()
 
@@ -298,37 +364,48 @@ def test_without_a_zygote_workers_start_kernels_one_by_one(monkeypatch, tmp_path
     """A fork server that cannot start says why; the worker then starts each kernel in a sandbox of its own,
     without trying again for every student."""
     failing = [sys.executable, "-c", "import sys; sys.stderr.write('no namespaces here'); sys.exit(1)"]
-    monkeypatch.setattr(sandbox, "zygote_command", lambda *arguments: failing)
-    with pytest.raises(sandbox.SandboxUnavailable, match="no namespaces here"):
-        sandbox.Zygote([ROOT])
+    monkeypatch.setattr(kernelspec, "zygote_command", lambda *arguments: failing)
+    with pytest.raises(kernelspec.SandboxUnavailable, match="no namespaces here"):
+        kernelspec.Zygote([ROOT])
     starts = []
 
     def unavailable_zygote(hidden):
         starts.append(hidden)
-        raise sandbox.SandboxUnavailable("no namespaces here")
+        raise kernelspec.SandboxUnavailable("no namespaces here")
 
-    monkeypatch.setattr(unit, "_zygotes", {})
-    monkeypatch.setattr(sandbox, "Zygote", unavailable_zygote)
-    assert [unit.zygote_for([ROOT], tmp_path) for _ in range(3)] == [None] * 3 and len(starts) == 1
+    monkeypatch.setattr(kernelspec, "Zygote", unavailable_zygote)
+    worker_state = WorkerState()  # what one worker process keeps from one job to the next, its zygotes too
+    assert [worker_state.zygote_for([ROOT], tmp_path) for _ in range(3)] == [None] * 3 and len(starts) == 1
     assert "kernels start one by one" in capsys.readouterr().err
 
 
 def test_check_available_says_what_to_do_without_bwrap(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
-        sandbox.check_available()
+    with pytest.raises(kernelspec.SandboxUnavailable, match="apt-get install bubblewrap"):
+        kernelspec.check_available()
 
 
 def test_events_describe_what_happened():
     limits = {"memory_bytes": 4 * 2**30, "processes": 256, "cpu_seconds": 1200}
     record = {"limits": limits, "exit_code": 0, "oom_kills": 0, "process_limit_hits": 0, "stopped_by_grader": False}
-    assert sandbox.describe(record) == []
-    assert sandbox.describe({**record, "exit_code": 137, "oom_kills": 1}) == ["killed for memory at 4 GiB"]
-    assert sandbox.describe({**record, "exit_code": 137}) == ["kernel died (killed by SIGKILL)"]
-    assert sandbox.describe({**record, "exit_code": 3}) == ["kernel died (exit code 3)"]
-    assert sandbox.describe({**record, "exit_code": 152}) == ["stopped after 1200 s of CPU time"]
-    assert sandbox.describe({**record, "exit_code": 137, "stopped_by_grader": True}) == [
+    assert kernelspec.describe(record) == []
+    assert kernelspec.describe({**record, "exit_code": 137, "oom_kills": 1}) == ["killed for memory at 4 GiB"]
+    assert kernelspec.describe({**record, "exit_code": 137}) == ["kernel died (killed by SIGKILL)"]
+    assert kernelspec.describe({**record, "exit_code": 3}) == ["kernel died (exit code 3)"]
+    assert kernelspec.describe({**record, "exit_code": 152}) == ["stopped after 1200 s of CPU time"]
+    assert kernelspec.describe({**record, "exit_code": 137, "stopped_by_grader": True}) == [
         "kernel did not shut down when asked and was killed"]
+
+
+def test_the_events_of_a_kernel_that_died_end_with_its_last_line_on_stderr():
+    limits = {"memory_bytes": 4 * 2**30, "processes": 256, "cpu_seconds": 1200}
+    record = {"limits": limits, "exit_code": 1, "oom_kills": 0, "process_limit_hits": 0, "stopped_by_grader": False,
+              "stderr_last_lines": ["Traceback (most recent call last):", "ImportError: no ipykernel"]}
+    assert kernelspec.describe(record) == ["kernel died (exit code 1): ImportError: no ipykernel"]
+    assert kernelspec.describe({**record, "exit_code": 139}) == [
+        "kernel died (killed by SIGSEGV): ImportError: no ipykernel"]
+    assert kernelspec.describe({**record, "exit_code": 137, "oom_kills": 1}) == ["killed for memory at 4 GiB"]
+    assert kernelspec.describe({**record, "stderr_last_lines": []}) == ["kernel died (exit code 1)"]
 
 
 # ---- a real nbgrader autograde of a toy assignment, with the sandbox's options ----
@@ -368,7 +445,7 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch, zygote):
     submission.cells.insert(1, nbformat.v4.new_code_cell("while True:\n    pass"))  # stopped by the cell timeout
     write_notebook(submission, course / "submitted" / "alice" / "toy" / "toy.ipynb")
 
-    options, env = sandbox.nbgrader_launch(sandbox.Limits(), tmp_path / "state", [course, ROOT], zygote)
+    options, env = kernelspec.nbgrader_launch(Limits(), tmp_path / "state", [course, ROOT], zygote)
     subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "toy", "--student=alice",
                     f"--CourseDirectory.root={course}", "--Execute.timeout=3", *options],
                    check=True, cwd=tmp_path, env={**os.environ, **env}, capture_output=True)
@@ -381,4 +458,4 @@ def test_nbgrader_autogrades_in_the_sandbox(tmp_path, monkeypatch, zygote):
     assert graded.cells[2].outputs == []  # the test passed: the kernel lived on after the interrupt
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
         assert gradebook.find_submission("toy", "alice").score == 1
-    assert sandbox.kernel_events(tmp_path / "state") == []
+    assert kernelspec.kernel_events(tmp_path / "state") == []

@@ -4,18 +4,20 @@ runs them) show nothing.
 
 The kernels here are plain ipykernels (the sandbox is orthogonal); they run in parallel, one per trick.
 """
+import ast
 import copy
 import json
 import shutil
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import nbclient
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from autograder import examples, notebooks
-from autograder.tamper import canaries as tamper
-from autograder.course import ROOT, SOLUTIONS, source_notebooks
+from autograder import examples, notebooks, tamper
+from autograder.course import AUTOGRADER, ROOT, SOLUTIONS, source_notebooks
+from autograder.tamper import canaries, scan
 from solutions import course_utils
 
 NONCE = "f3c1a9e0"
@@ -107,11 +109,15 @@ def graded_test_cell(grade_id, source):
 
 
 def small_notebook(student_code):
+    """The small assignment as the student submits it (and, with the reference's code, its source)."""
     notebook = new_notebook(cells=[new_markdown_cell("# A small assignment"), new_code_cell(SETUP),
                                    new_code_cell(student_code),
                                    *[graded_test_cell(grade_id, source) for grade_id, source in TESTS.items()]])
     notebook.metadata.kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return notebook
+
+
+SMALL_SOURCE = small_notebook("x = 1")
 
 
 def execute(notebook, folder):
@@ -122,21 +128,22 @@ def execute(notebook, folder):
 
 
 def passed_tests(executed):
-    return {cell.metadata.nbgrader.grade_id for cell in executed.cells if tamper.is_test_cell(cell)
+    return {cell.metadata.nbgrader.grade_id for cell in executed.cells if notebooks.is_test_cell(cell)
             and not any(output.output_type == "error" for output in cell.outputs)}
 
 
 def reference_submission(notebook_name):
+    """(the reference solution as a student submits it, the nbgrader source notebook)."""
     source = notebooks.to_nbgrader_source(notebooks.read_source(SOLUTIONS / f"{notebook_name}.md"))
     release = notebooks.read(ROOT / "assignment" / f"{notebook_name}.ipynb")
     reference = next(e for e in examples.load_examples(notebook_name) if e.student == "reference")
-    return examples.submission(reference, release, source)
+    return examples.submission(reference, release, source), source
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{trick or reference notebook: (submitted, executed)}: every kernel of this file, run in parallel."""
-    submissions = {name: small_notebook(code) for name, (code, _, _) in TRICKS.items()}
+    """{trick or reference notebook: (submitted, source, executed)}: every kernel of this file, run in parallel."""
+    submissions = {name: (small_notebook(code), SMALL_SOURCE) for name, (code, _, _) in TRICKS.items()}
     submissions |= {source.stem: reference_submission(source.stem) for source in source_notebooks()}
 
     folders = {name: tmp_path_factory.mktemp("kernel") for name in submissions}  # mktemp is not thread-safe
@@ -144,7 +151,8 @@ def runs(tmp_path_factory):
         shutil.copy(ROOT / "assignment" / "course_utils.py", folder)
 
     def run(name):
-        return name, (submissions[name], execute(submissions[name], folders[name]))
+        submitted, source = submissions[name]
+        return name, (submitted, source, execute(submitted, folders[name]))
 
     # As the autograder runs them: training skipped, data from the data root, warnings on stdout.
     with pytest.MonkeyPatch.context() as environment:
@@ -156,10 +164,10 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("trick", TRICKS)
 def test_each_trick_gives_evidence_naming_it(runs, trick):
-    submitted, executed = runs[trick]
+    submitted, source, executed = runs[trick]
     _, expected, made_pass = TRICKS[trick]
     assert passed_tests(executed) == made_pass  # the trick works (and the honest notebook fails its tests)
-    found = "\n".join(tamper.evidence(executed, submitted, NONCE)) + "\n"
+    found = "\n".join(tamper.evidence(executed, submitted, source, NONCE)) + "\n"
     for phrase in expected:
         assert phrase in found, f"{trick}: {phrase!r} not in the evidence:\n{found}"
     assert bool(expected) == (found != "\n")
@@ -167,16 +175,34 @@ def test_each_trick_gives_evidence_naming_it(runs, trick):
 
 @pytest.mark.parametrize("notebook_name", [source.stem for source in source_notebooks()])
 def test_reference_solutions_run_as_the_autograder_runs_them_are_clean(runs, notebook_name):
-    submitted, executed = runs[notebook_name]
-    test_ids = {cell.metadata.nbgrader.grade_id for cell in submitted.cells if tamper.is_test_cell(cell)}
-    assert passed_tests(executed) == test_ids
-    assert tamper.evidence(executed, submitted, NONCE) == []
+    submitted, source, executed = runs[notebook_name]
+    assert passed_tests(executed) == set(notebooks.test_cells(source))
+    assert tamper.evidence(executed, submitted, source, NONCE) == []
 
 
 def test_remove_canaries_gives_back_the_submission(runs):
-    submitted, executed = runs["honest"]
+    submitted, _, executed = runs["honest"]
     assert tamper.remove_canaries(tamper.add_canaries(submitted, NONCE)) == submitted
     assert [cell.source for cell in tamper.remove_canaries(executed).cells] == [c.source for c in submitted.cells]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The probe: its text is what the kernel runs.
+
+def test_the_probe_needs_only_what_the_kernel_has():
+    tree = ast.parse(canaries.PROBE)
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in imports)  # nothing of the autograder
+    modules = {name.split(".")[0] for node in imports
+               for name in ([alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module])}
+    assert modules - sys.stdlib_module_names == {"numpy", "torch", "IPython", "course_utils"}
+
+
+def test_every_function_of_the_tamper_package_is_under_80_lines():
+    for path in sorted((AUTOGRADER / "tamper").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno + 1 < 80, f"{path.name}: {node.name}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,10 +211,10 @@ def test_remove_canaries_gives_back_the_submission(runs):
 def test_a_canary_at_the_start_after_each_test_cell_and_at_the_end():
     submitted = small_notebook("x = 1")
     marked = tamper.add_canaries(submitted, NONCE)
-    canary_positions = [i for i, cell in enumerate(marked.cells) if tamper.is_canary(cell)]
+    canary_positions = [i for i, cell in enumerate(marked.cells) if canaries.is_canary(cell)]
     assert canary_positions == [0, 5, 7, 9, 11, 13, 14]
     for position in canary_positions[1:-1]:
-        assert tamper.is_test_cell(marked.cells[position - 1])
+        assert notebooks.is_test_cell(marked.cells[position - 1])
     for position in canary_positions:
         cell = marked.cells[position]
         assert "nbgrader" not in cell.metadata and NONCE in cell.source and cell.cell_type == "code"
@@ -198,31 +224,31 @@ def test_a_canary_at_the_start_after_each_test_cell_and_at_the_end():
 def honest_outputs(marked):
     """`marked` as an honest kernel would leave it: each canary prints a clean report and shows its error."""
     executed = copy.deepcopy(marked)
-    canaries = [cell for cell in executed.cells if tamper.is_canary(cell)]
-    for index, cell in enumerate(canaries):
+    canary_cells = [cell for cell in executed.cells if canaries.is_canary(cell)]
+    for index, cell in enumerate(canary_cells):
         report = {"fingerprint": {"torch.allclose": 1, "sys.gettrace()": 2}, "misbehaving": [],
                   "custom_exceptions": "none", "unusual": [], "rebound": ["__name__"]}
         cell.outputs = [new_output("stream", name="stdout", text=f"DGM-CANARY {NONCE} {index} {json.dumps(report)}\n"),
-                        new_output("error", ename="AssertionError", evalue=tamper.deliberate_error(NONCE, index),
+                        new_output("error", ename="AssertionError", evalue=canaries.deliberate_error(NONCE, index),
                                    traceback=[])]
-    return executed, canaries
+    return executed, canary_cells
 
 
 def test_evidence_reads_what_each_canary_shows():
     submitted = small_notebook("x = 1")
-    executed, canaries = honest_outputs(tamper.add_canaries(submitted, NONCE))
-    assert tamper.evidence(executed, submitted, NONCE) == []
+    executed, canary_cells = honest_outputs(tamper.add_canaries(submitted, NONCE))
+    assert tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE) == []
 
-    canaries[1].outputs = []
-    canaries[2].outputs = canaries[2].outputs[:1]
-    canaries[3].outputs[0].text = canaries[3].outputs[0].text.replace(NONCE, "guessed")
-    report = json.loads(canaries[4].outputs[0].text.split(" ", 3)[3])
+    canary_cells[1].outputs = []
+    canary_cells[2].outputs = canary_cells[2].outputs[:1]
+    canary_cells[3].outputs[0].text = canary_cells[3].outputs[0].text.replace(NONCE, "guessed")
+    report = json.loads(canary_cells[4].outputs[0].text.split(" ", 3)[3])
     report |= {"fingerprint": {"torch.allclose": 3, "sys.gettrace()": 2}, "rebound": ["__name__", "math"],
                "custom_exceptions": "AssertionError handled by f"}
-    canaries[4].outputs[0].text = f"DGM-CANARY {NONCE} 4 {json.dumps(report)}\n"
+    canary_cells[4].outputs[0].text = f"DGM-CANARY {NONCE} 4 {json.dumps(report)}\n"
     report["misbehaving"] = ["torch.equal gives wrong answers on a known case"]
-    canaries[5].outputs[0].text = f"DGM-CANARY {NONCE} 5 {json.dumps(report)}\n"
-    found = tamper.evidence(executed, submitted, NONCE)
+    canary_cells[5].outputs[0].text = f"DGM-CANARY {NONCE} 5 {json.dumps(report)}\n"
+    found = tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE)
     assert found == [
         "canary 1 (after test cell test_allclose): no output at all: the cell was emptied or never ran (an input "
         "transformer, a kernel that skips cells, or the kernel died)",
@@ -244,29 +270,30 @@ def test_evidence_reads_what_each_canary_shows():
                                     '"unusual": [], "rebound": []}'])
 def test_a_report_of_the_wrong_shape_is_evidence(report):
     submitted = small_notebook("x = 1")
-    executed, canaries = honest_outputs(tamper.add_canaries(submitted, NONCE))
-    canaries[1].outputs[0].text = f"DGM-CANARY {NONCE} 1 {report}\n"
-    assert tamper.evidence(executed, submitted, NONCE) == [
+    executed, canary_cells = honest_outputs(tamper.add_canaries(submitted, NONCE))
+    canary_cells[1].outputs[0].text = f"DGM-CANARY {NONCE} 1 {report}\n"
+    assert tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE) == [
         "canary 1 (after test cell test_allclose): its report is not what the canary prints (forged or altered)"]
 
 
 def test_changed_or_missing_canary_cells_are_evidence():
     submitted = small_notebook("x = 1")
-    executed, canaries = honest_outputs(tamper.add_canaries(submitted, NONCE))
-    canaries[2].source = canaries[2].source.replace("assert 1 + 1 == 3", "assert True")
-    assert tamper.evidence(executed, submitted, NONCE) == [
+    executed, canary_cells = honest_outputs(tamper.add_canaries(submitted, NONCE))
+    canary_cells[2].source = canary_cells[2].source.replace("assert 1 + 1 == 3", "assert True")
+    assert tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE) == [
         "the canary cells were removed or changed: expected 7 unchanged, found 6 of 7 unchanged"]
-    executed.cells.remove(canaries[2])
-    assert tamper.evidence(executed, submitted, NONCE)[0].startswith("the canary cells were removed or changed")
+    executed.cells.remove(canary_cells[2])
+    found = tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE)
+    assert found[0].startswith("the canary cells were removed or changed")
 
 
 def test_a_submitted_cell_that_claims_to_be_a_canary_is_evidence_and_loses_the_mark():
     submitted = small_notebook("x = 1")
-    submitted.cells[2].metadata[tamper.CANARY_KEY] = True
+    submitted.cells[2].metadata[canaries.CANARY_KEY] = True
     marked = tamper.add_canaries(submitted, NONCE)
-    assert not tamper.is_canary(marked.cells[3]) and marked.cells[3].source == "x = 1"
+    assert not canaries.is_canary(marked.cells[3]) and marked.cells[3].source == "x = 1"
     executed, _ = honest_outputs(marked)
-    assert tamper.evidence(executed, submitted, NONCE) == [
+    assert tamper.evidence(executed, submitted, SMALL_SOURCE, NONCE) == [
         "cell 2: the submission carries a cell marked as a grader canary"]
 
 
@@ -335,6 +362,8 @@ NOT_SCANNED = [
 
 
 def solution_notebook(code):
+    """A notebook whose solution cell (cell 1, kld) holds `code`: as submitted, or, with the reference's code, the
+    source."""
     notebook = new_notebook(cells=[new_code_cell("import math\nimport torch\nimport torch.nn as nn"),
                                    new_code_cell(code, metadata={"nbgrader": {
                                        "grade": False, "grade_id": "kld", "locked": False, "schema_version": 3,
@@ -344,16 +373,50 @@ def solution_notebook(code):
     return notebook
 
 
+SOLUTION_SOURCE = solution_notebook("def KLD(mean, log_std):\n    return mean")
+
+
 @pytest.mark.parametrize("code", SCANNED)
 def test_the_scan_flags_tampering_code(code):
-    found = tamper.scan_notebook(solution_notebook(code))
+    found = scan.scan_notebook(solution_notebook(code), SOLUTION_SOURCE)
     assert any(SCANNED[code] in item for item in found), found
-    assert all(item.startswith("cell 'kld' (cell 1), line ") for item in found)
+    assert all(item.startswith("cell 1 (kld), line ") for item in found)
 
 
 @pytest.mark.parametrize("code", NOT_SCANNED)
 def test_the_scan_leaves_ordinary_code_alone(code):
-    assert tamper.scan_notebook(solution_notebook(code)) == []
+    assert scan.scan_notebook(solution_notebook(code), SOLUTION_SOURCE) == []
+
+
+def test_a_solution_cell_that_the_submission_marks_locked_is_scanned():
+    # nbgrader restores the locked flag from the source but keeps the student's code: the scan must read it.
+    submitted = solution_notebook("torch.allclose = lambda *args, **kwargs: True")
+    submitted.cells[1].metadata.nbgrader.locked = True
+    assert scan.scan_notebook(submitted, SOLUTION_SOURCE) == [
+        "cell 1 (kld), line 1: assigns torch.allclose, an attribute of an imported module (it can replace what the "
+        "tests use)"]
+
+
+def test_the_scan_leaves_the_cells_that_the_source_locks_to_nbgrader():
+    submitted = solution_notebook("def KLD(mean, log_std):\n    return mean")
+    submitted.cells[0].metadata["nbgrader"] = {"grade_id": "setup", "locked": False, "solution": False,
+                                               "grade": False, "schema_version": 3, "task": False}
+    submitted.cells[0].source = "torch.allclose = print"  # restored by nbgrader: the source locks it
+    source = copy.deepcopy(SOLUTION_SOURCE)
+    source.cells[0].metadata["nbgrader"] = submitted.cells[0].metadata["nbgrader"] | {"locked": True}
+    assert scan.scan_notebook(submitted, source) == []
+
+
+def test_a_builtin_that_a_locked_stand_in_reads_is_one_the_tests_use():
+    source = copy.deepcopy(SOLUTION_SOURCE)
+    source.cells.insert(2, new_code_cell("def close(a, b):\n    return max(a - b, b - a) < 1e-3", metadata={
+        "nbgrader": {"grade": False, "grade_id": "standins", "locked": True, "schema_version": 3,
+                     "solution": False, "task": False}}))
+    submitted = solution_notebook("max = min")
+    submitted.cells.insert(2, copy.deepcopy(source.cells[2]))
+    assert scan.scan_notebook(submitted, source) == [
+        "cell 1 (kld), line 1: rebinds the builtin max, which the tests use"]
+    assert scan.scan_notebook(submitted, SOLUTION_SOURCE) == []
 
 
 def test_no_example_student_is_flagged_by_the_scan():
@@ -362,5 +425,5 @@ def test_no_example_student_is_flagged_by_the_scan():
         release = notebooks.read(ROOT / "assignment" / f"{source.stem}.ipynb")
         for example in examples.load_examples(source.stem):
             submitted = examples.submission(example, release, nbgrader_source)
-            assert tamper.scan_notebook(submitted) == [], f"{source.stem}, {example.student}"
+            assert scan.scan_notebook(submitted, nbgrader_source) == [], f"{source.stem}, {example.student}"
 

@@ -314,11 +314,7 @@ def exercises_of(cells):
 def run_cell(source, name, namespace):
     """Run a cell's code in the notebook's namespace; what it prints is not part of the report."""
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(source, f"<cell {name}>", "exec"), namespace)
-
-
-def cell_name(cell, index):
-    return notebooks.grade_id(cell) or f"cell {index}"
+        exec(compile(source, f"<{name}>", "exec"), namespace)
 
 
 def run_mutant(cells, exercise, mutant, namespace):
@@ -328,7 +324,7 @@ def run_mutant(cells, exercise, mutant, namespace):
     for index in range(exercise.cell_index, exercise.tests[-1][0] + 1):
         source = mutant.source if index == exercise.cell_index else cell_code(cells[index])
         try:
-            run_cell(source, cell_name(cells[index], index), namespace)
+            run_cell(source, notebooks.cell_label(cells[index], index), namespace)
         except BaseException as error:  # a mutant may raise anything; it is a result, not a crash
             if index in tests:
                 first_line = str(error).splitlines()[0] if str(error) else ""
@@ -401,10 +397,10 @@ def mutation_run(notebook, selected=None, jobs=None, time_limit=TIME_LIMIT, limi
             progress(f"  {notebook}/{exercise.name}: {len(exercise.mutants)} mutants in "
                      f"{time.perf_counter() - start:.0f} s")
         try:
-            run_cell(cell_code(cells[index]), cell_name(cells[index], index), namespace)
+            run_cell(cell_code(cells[index]), notebooks.cell_label(cells[index], index), namespace)
         except Exception as error:
             if index in tests or index in by_cell:
-                raise SystemExit(f"{notebook}: the reference fails {cell_name(cells[index], index)}: "
+                raise SystemExit(f"{notebook}: the reference fails {notebooks.cell_label(cells[index], index)}: "
                                  f"{type(error).__name__}: {error}")
     return exercises
 

@@ -1,14 +1,14 @@
-"""Grading on a Dask cluster: the coordinator (grade.py) sends batches of students to Dask workers on other
+"""Grading on a Dask cluster: the coordinator (coordinator.py) sends batches of students to Dask workers on other
 machines and writes the gradebook alone, from the results that come back.
 
     python -m autograder.grading --scheduler tcp://grader0:8786             # an existing Dask scheduler
     python -m autograder.grading --cluster slurm --cluster-config cluster.yml  # or ssh, kubernetes, local
 
-The unit of work is autograder.grading.unit.grade_batch: plain data in (each student's submission with the assignment's
-source and release), plain data out, so a worker needs no file of the coordinator's machine, only the course's
-environment: the same Python, torch and nbgrader, the same grader code (autograder/) and a working sandbox. A
-worker plugin checks that when a worker joins; a worker that differs says why in the coordinator's output and
-leaves the cluster before it is sent any work.
+The unit of work is a batch of jobs (job.py: each student's submission with the assignment's source and
+release) that worker.grade_batch grades: plain data in, plain data out, so a worker needs no file of the
+coordinator's machine, only the course's environment: the same Python, torch and nbgrader, the same grader code
+(autograder/) and a working sandbox. A worker plugin checks that when a worker joins; a worker that differs says
+why in the coordinator's output and leaves the cluster before it is sent any work.
 
 A worker that dies mid-batch loses nothing: Dask's scheduler sends the lost batch to another worker. A batch that
 kills every worker it lands on (Dask's KilledWorker, after `distributed.scheduler.allowed-failures` tries) is split
@@ -29,15 +29,14 @@ from pathlib import Path
 import yaml
 from distributed import Client, Reschedule, WorkerPlugin, get_worker, wait
 from distributed.scheduler import KilledWorker
-from tqdm import tqdm
 
-from ..course import AUTOGRADER
-from ..examples import EXAMPLES
-from . import unit
+from ..course import AUTOGRADER, EXAMPLES
+from .job import Result, content_hash
+from .worker import grade_batch
 
 ENVIRONMENT_TOPIC = "dgm-course-environment"  # the event a refused worker sends to the coordinator
 WAIT_SECONDS = 5  # how often the coordinator looks whether any worker is left while it waits for results
-BATCH_SIZE = 5  # students per task: the unit's start-up (a process, nbgrader's import) is paid once per batch
+BATCH_SIZE = 5  # students per task: a worker process's start-up (nbgrader's import) is paid once per batch
 logger = logging.getLogger(__name__)
 
 # --cluster KIND: the class that starts that kind of cluster, and the package that has it
@@ -55,8 +54,8 @@ CLUSTERS = {
 def grader_hash():
     """sha256 of the grader's code: every file below autograder/ but the example students (what a worker
     executes, reads or ships into the sandbox)."""
-    return unit.content_hash({str(path.relative_to(AUTOGRADER)): path.read_bytes() for path in sorted(AUTOGRADER.rglob("*"))
-                              if path.is_file() and "__pycache__" not in path.parts and path.parent != EXAMPLES})
+    return content_hash({str(path.relative_to(AUTOGRADER)): path.read_bytes() for path in sorted(AUTOGRADER.rglob("*"))
+                         if path.is_file() and "__pycache__" not in path.parts and path.parent != EXAMPLES})
 
 
 def course_environment(sandbox=True):
@@ -101,21 +100,21 @@ class CourseEnvironmentCheck(WorkerPlugin):
 
 
 def grade_batch_on_worker(jobs):
-    """The Dask task: grade a batch with the unit, only on a worker whose environment was checked and found equal."""
+    """The Dask task: grade a batch of jobs, only on a worker whose environment was checked and found equal."""
     check = get_worker().plugins.get(ENVIRONMENT_TOPIC)
     if check is None or check.problems is None or check.problems:
         raise Reschedule()  # this worker is closing (or was never checked): the scheduler sends the batch elsewhere
-    return unit.grade_batch(jobs)
+    return grade_batch(jobs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The executor the coordinator uses
 
 def batches(jobs, size):
-    """Lists of at most `size` jobs, each of one assignment (the unit builds an assignment's gradebook once)."""
+    """Lists of at most `size` jobs, each of one assignment (a worker builds an assignment's gradebook once)."""
     by_assignment = {}
     for job in jobs:
-        by_assignment.setdefault(job["assignment"], []).append(job)
+        by_assignment.setdefault(job.assignment, []).append(job)
     for group in by_assignment.values():
         yield from (group[start:start + size] for start in range(0, len(group), size))
 
@@ -127,19 +126,7 @@ def lost_result(job, error):
                   f"times); look for what in the submission brings a machine down and grade it by hand")
     else:
         reason = f"the cluster could not grade it: {type(error).__name__}: {str(error)[:300]}"
-    return unit.new_result(job, reason=reason, log=f"{reason}\n{error!r}")
-
-
-def progress_bar(results, total, label):
-    """Yield `results`, with a progress bar on a terminal: students done, ok, failed, flagged, time left."""
-    counts = dict.fromkeys(["ok", "failed", "flagged"], 0)
-    with tqdm(total=total, desc=label, unit="student", disable=None, leave=False) as bar:
-        for result in results:
-            counts[result["status"]] += 1
-            bar.set_postfix(counts, refresh=False)
-            bar.update()
-            with tqdm.external_write_mode():  # what the caller prints while it holds the result goes above the bar
-                yield result
+    return Result.failed(job, reason, log=f"{reason}\n{error!r}")
 
 
 def dashboard_link(client):
@@ -191,7 +178,7 @@ class DaskExecutor:
             for future in done:
                 batch = pending.pop(future)
                 for result in self.results_of(future, batch, pending):
-                    key = (result["assignment"], result["student"])
+                    key = (result.assignment, result.student)
                     if key not in delivered:
                         delivered.add(key)
                         yield result
@@ -255,7 +242,7 @@ def start_cluster(kind, config_path):
 
 
 def add_arguments(parser):
-    """grade.py's options for grading on Dask."""
+    """The coordinator's options for grading on Dask."""
     group = parser.add_argument_group("grading on a Dask cluster (default: a local process pool)")
     where = group.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler, e.g. "

@@ -1,153 +1,369 @@
 """`make collect ZIP=...`: read the submissions an LMS lets you download into the nbgrader course folder.
 
     python -m autograder.lms.collect submissions.zip [--course build/course] [--lms canvas] [--assignment part1_vae]
+                                     [--max-total-mib N] [--max-member-mib N] [--max-members N]
 
-nbgrader's own `zip_collect` does the work: the zip goes to <course>/downloaded/<assignment>/archive/, nbgrader
-extracts it and hands every notebook's path to a collector plugin, which reads the student from the file name
-the LMS gave it. One plugin per LMS (file layouts as each LMS writes them):
+Each file of the download is attributed by the name the LMS gave it, and by nothing else (file layouts as each
+LMS writes them; the student's id comes from the LMS's own stable id, the name is kept as the LMS wrote it):
 
-    canvas        <login>[_late]_<user id>_<submission id>_<file>         (late flag in the name)
-    moodle        <Full Name>_<participant id>_assignsubmission_file_/<file>
-    brightspace   <id>-<id> - <Full Name> - <Mon D, YYYY HMM AM> - <file>  (plus index.html)
-    blackboard    <Assignment>_<username>_attempt_<YYYY-MM-DD-HH-MM-SS>_<file>  (plus a .txt with the name)
+    canvas        <login>[_late]_<user id>_<submission id>_<file>            id canvas_<user id>
+    moodle        <Full Name>_<participant id>_assignsubmission_file_/<file>  id moodle_<participant id>
+                  (or ..._file_<file>, without folders)
+    brightspace   <submission>-<user id> - <Full Name> - <Mon D, YYYY HMM AM> - <file>   id brightspace_<user id>
+    blackboard    <Assignment>_<username>_attempt_<YYYY-MM-DD-HH-MM-SS>_<file>  id blackboard_<username>
+                  (the name from Blackboard's <...>.txt receipt)
 
-Each notebook lands in <course>/submitted/<student>/<assignment>/ under the name the student gave it (the
-grader renames a lone notebook to the assignment's name); a submission time the LMS gives goes to nbgrader's
-timestamp.txt. The student's name goes to the gradebook, and the LMS's id, name and late flag to
+A student's file is a notebook, or a .zip of their own, whose notebooks are theirs (whatever those are named) and
+whose archives are not unpacked. Every file that is not collected is listed with the reason: not named as the LMS
+names submissions, an id the name does not give, a path that is absolute or climbs out (..), a link, a size or
+count over CollectLimits (autograder/limits.py), an empty or unreadable file, no released assignment of that
+name, an older copy of the same notebook (the other files of a student's .zip, in one line). The rest is
+collected.
+
+The notebooks, read and checked, go through nbgrader's `zip_collect` (its extractor and collector plugins
+replaced by ones that take them as they are) to <course>/submitted/<student>/<assignment>/, under the name the
+student gave (the grader renames a lone notebook to the assignment's name); a submission time the LMS gives goes
+to nbgrader's timestamp.txt. The student's name goes to the gradebook, and the LMS's id, name and late flag to
 <course>/submissions.csv, which `python -m autograder.lms.export` reads to write grades the LMS can import.
 Without --assignment, a notebook belongs to the released assignment its file name starts with.
 """
 import argparse
-import csv
+import io
 import re
 import shutil
 import sys
-import zipfile
+import unicodedata
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from nbgrader.api import Gradebook
 from nbgrader.apps import ZipCollectApp
-from nbgrader.plugins import FileNameCollectorPlugin
+from nbgrader.plugins import ExtractorPlugin, FileNameCollectorPlugin
 
 from ..course import COURSE
+from ..limits import CollectLimits
+from . import archives, sheets
+from .archives import Refused, shown
 
 RECORDS = "submissions.csv"  # in the course folder: one row per assignment and student
 FIELDS = ["assignment", "student_id", "lms", "lms_id", "first_name", "last_name", "late", "submitted_at", "file"]
-NOT_AN_ID = re.compile(r"[^a-z0-9]+")
+STAGING = ".checked"  # <course>/downloaded/.checked/: the notebooks read from one download, until collected
+ID = re.compile(r"[a-z0-9][a-z0-9._-]*")  # what becomes of an LMS id: a folder name nbgrader and the grader accept
+NOT_A_NAME = re.compile(r"[<>\"\u202a-\u202e\u2066-\u2069]")  # markup, and text direction overrides
+OTHER_ARCHIVES = (".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar")
+SKIPPED_FOLDERS = {"__MACOSX", ".ipynb_checkpoints"}  # macOS resource forks, Jupyter's autosaves
+NAME_BYTES = 200  # of a notebook's file name: it becomes a file of the course (most file systems allow 255)
 
 
-def plain_id(text):
-    """A student id nbgrader and the grader accept: 'Jane Doe-Smith' -> 'jane_doe_smith'."""
-    return NOT_AN_ID.sub("_", text.lower()).strip("_")
+class NotASubmission(Refused):
+    """A file that is no submission (a data file, a hidden file): in a student's archive, only counted."""
+
+
+@dataclass(frozen=True)
+class Student:
+    """A student as the LMS names them in one file name."""
+    student_id: str
+    lms: str
+    lms_id: str
+    first_name: str = ""
+    last_name: str = ""
+    late: str = ""
+    submitted_at: str = ""
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """One notebook taken from the download: whose, for which assignment, and where collect() put its bytes."""
+    assignment: str
+    student: Student
+    name: str
+    entry: str  # where it came from in the download, for the report
+    staged: Path
+
+
+@dataclass
+class Collection:
+    """What collect() made of one download: the notebooks collected, and (entry, reason) for every file not."""
+    notebooks: list = field(default_factory=list)
+    refused: list = field(default_factory=list)
+
+    def records(self):
+        """One submissions.csv row per assignment and student collected."""
+        rows = {}
+        for notebook in sorted(self.notebooks, key=lambda notebook: notebook.student.submitted_at):
+            key = (notebook.assignment, notebook.student.student_id)
+            files = rows[key]["file"] + "; " + notebook.name if key in rows else notebook.name
+            rows[key] = {**vars(notebook.student), "assignment": notebook.assignment, "file": files}  # the newest
+        return [rows[key] for key in sorted(rows)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The names each LMS gives the files of its download
+
+def display_name(text):
+    """The name as the LMS wrote it, in any script, without markup characters, control characters or text
+    direction overrides (it is shown in the formgrader's pages and in spreadsheets)."""
+    text = NOT_A_NAME.sub("", unicodedata.normalize("NFC", text))
+    return " ".join("".join(char for char in text if char.isprintable()).split())[:200]
 
 
 def split_name(full_name):
     """'Jane Ann Doe' -> ('Jane Ann', 'Doe'): LMSs write the full name first name first."""
-    first, _, last = full_name.strip().rpartition(" ")
+    first, _, last = display_name(full_name).rpartition(" ")
     return first, last
 
 
-class LmsCollector(FileNameCollectorPlugin):
-    """nbgrader's file name collector for one LMS: `named_regexp` reads the file's path, `describe` turns the
-    match into the student's record. Keeps the records of what it collected in `records`."""
+def student_id(lms, lms_id):
+    """<lms>_<id> from the LMS's own id (e.g. canvas_12345), or Refused: never an empty or made-up id."""
+    plain = lms_id.strip().lower().replace("@", "_at_")
+    if not ID.fullmatch(plain):
+        raise Refused(f"no usable {lms} id in its name ({shown(lms_id)!r}: letters, digits, . _ - @ only)")
+    return f"{lms}_{plain}"
 
-    lms = ""
-    assignment = None  # set by collect(): the assignment collected, or None to infer it from the file name
-    released = ()      # set by collect(): the names of the released assignments
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.records = {}
-        self.collected_paths = []
+class Lms:
+    """How one LMS names the files of its download: `pattern` matches a whole member name, the LMS's part first
+    (what identifies the student) and the student's file last (group `file`); `student` reads the match."""
+    name = ""
+    pattern = re.compile("")
 
-    def describe(self, match, path):
-        """{student_id, lms_id, first_name, last_name, late, submitted_at} of a matched file."""
+    def student(self, match, download):
         raise NotImplementedError
 
-    def belongs_here(self, file_name):
-        target = self.parent.coursedir.assignment_id
-        if self.assignment is not None:
-            return True
-        owners = [name for name in self.released if file_name.startswith(name)]
-        return max(owners, key=len, default=None) == target
-
-    def collect(self, submitted_file):
-        info = super().collect(submitted_file)
-        if info is None or not self.belongs_here(info["file_id"]):
-            return None
-        record = self.describe(info, Path(submitted_file))
-        record.update(lms=self.lms, file=info["file_id"], assignment=self.parent.coursedir.assignment_id)
-        self.records[record["student_id"]] = record
-        self.collected_paths.append(submitted_file)
-        info = {"student_id": record["student_id"], "file_id": info["file_id"]}
-        if record["submitted_at"]:
-            info["timestamp"] = record["submitted_at"]
-        return info
+    def is_metadata(self, member_name):
+        """A file the LMS adds to its download itself (an index, a receipt): neither collected nor refused."""
+        return False
 
 
-class CanvasCollector(LmsCollector):
-    lms = "canvas"
-    named_regexp = (r".*/(?P<login>[^/_]+)(?P<late>_late)?_(?P<user_id>\d+)_(?P<submission_id>\d+)_"
-                    r"(?P<file_id>[^/]+)$")
+class Canvas(Lms):
+    name = "canvas"
+    pattern = re.compile(r"(?P<login>[^_/]*?)(?P<late>_late)?_(?P<user_id>\d+)_(?P<submission_id>\d+)_"
+                         r"(?P<file>[^/]+)", flags=re.IGNORECASE)
 
-    def describe(self, match, path):
-        return {"student_id": f"{plain_id(match['login'])}_{match['user_id']}", "lms_id": match["user_id"],
-                "first_name": "", "last_name": match["login"], "late": "yes" if match["late"] else "no",
-                "submitted_at": ""}
+    def student(self, match, download):
+        return Student(student_id(self.name, match["user_id"]), self.name, match["user_id"],
+                       last_name=display_name(match["login"]), late="yes" if match["late"] else "no")
 
 
-class MoodleCollector(LmsCollector):
-    lms = "moodle"
-    named_regexp = r".*/(?P<full_name>[^/]+)_(?P<participant>\d+)_assignsubmission_file_/(?P<file_id>[^/]+)$"
+class Moodle(Lms):
+    name = "moodle"
+    # Moodle writes '_' in a name as ' ', so the first '_<digits>_assignsubmission_' ends the LMS's part.
+    pattern = re.compile(r"(?P<full_name>[^_/]+)_(?P<participant>\d+)_assignsubmission_(?P<plugin>[a-z]+)_/?"
+                         r"(?P<file>.+)")
 
-    def describe(self, match, path):
+    def student(self, match, download):
         first, last = split_name(match["full_name"])
-        student = plain_id(match["full_name"])
-        taken = self.records.get(student)
-        if taken is not None and taken["lms_id"] != match["participant"]:  # two students of the same name
-            student = f"{student}_{match['participant']}"
-        return {"student_id": student, "lms_id": match["participant"], "first_name": first, "last_name": last,
-                "late": "", "submitted_at": ""}
+        return Student(student_id(self.name, match["participant"]), self.name, match["participant"], first, last)
 
 
-class BrightspaceCollector(LmsCollector):
-    lms = "brightspace"
-    named_regexp = (r".*/(?P<submission>\d+-\d+) - (?P<full_name>.+?) - "
-                    r"(?P<date>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M) - (?P<file_id>[^/]+)$")
+class Brightspace(Lms):
+    name = "brightspace"
+    pattern = re.compile(r"(?P<submission>\d+)-(?P<user_id>\d+) - (?P<full_name>[^/]+?) - "
+                         r"(?P<date>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M) - (?P<file>[^/]+)")
 
-    def describe(self, match, path):
+    def student(self, match, download):
         first, last = split_name(match["full_name"])
         submitted = datetime.strptime(match["date"], "%b %d, %Y %I%M %p")
-        return {"student_id": plain_id(match["full_name"]), "lms_id": match["submission"],
-                "first_name": first, "last_name": last, "late": "", "submitted_at": submitted.isoformat()}
+        return Student(student_id(self.name, match["user_id"]), self.name, match["user_id"], first, last,
+                       submitted_at=submitted.isoformat())
+
+    def is_metadata(self, member_name):
+        return member_name == "index.html"
 
 
-class BlackboardCollector(LmsCollector):
-    lms = "blackboard"
-    named_regexp = (r".*/(?P<prefix>.+_(?P<username>[^_/]+)_attempt_(?P<date>\d{4}(?:-\d\d){5}))_"
-                    r"(?P<file_id>[^/]+)$")
+class Blackboard(Lms):
+    name = "blackboard"
+    pattern = re.compile(r"(?P<prefix>[^/]+?_(?P<username>[^_/]+)_attempt_(?P<date>\d{4}(?:-\d\d){5}))_"
+                         r"(?P<file>[^/]+)")
+    RECEIPT = re.compile(r"[^/]+?_[^_/]+_attempt_\d{4}(?:-\d\d){5}\.txt")
     NAME_LINE = re.compile(r"^Name:\s*(?P<full_name>.+?)\s*\((?P<username>[^)]+)\)\s*$", flags=re.MULTILINE)
+    RECEIPT_BYTES = 2**16
 
-    def describe(self, match, path):
-        receipt = path.with_name(match["prefix"] + ".txt")  # Blackboard's receipt: "Name: Jane Doe (jdoe)", ...
-        found = self.NAME_LINE.search(receipt.read_text(errors="replace")) if receipt.is_file() else None
-        first, last = split_name(found["full_name"]) if found else ("", match["username"])
+    def student(self, match, download):
+        first, last = "", display_name(match["username"])
+        try:  # Blackboard's receipt, <prefix>.txt: "Name: Jane Doe (jdoe)", ...
+            info = download.getinfo(match["prefix"] + ".txt")
+            if info.file_size <= self.RECEIPT_BYTES and not archives.problem(info):
+                found = self.NAME_LINE.search(download.read(info).decode("utf-8", errors="replace"))
+                if found and found["username"] == match["username"]:
+                    first, last = split_name(found["full_name"])
+        except (KeyError, *archives.UNREADABLE):
+            pass  # no receipt, or none that reads: the username stands for the name
         submitted = datetime.strptime(match["date"], "%Y-%m-%d-%H-%M-%S")
-        return {"student_id": plain_id(match["username"]), "lms_id": match["username"], "first_name": first,
-                "last_name": last, "late": "", "submitted_at": submitted.isoformat()}
+        return Student(student_id(self.name, match["username"]), self.name, match["username"], first, last,
+                       submitted_at=submitted.isoformat())
+
+    def is_metadata(self, member_name):
+        return self.RECEIPT.fullmatch(member_name) is not None
 
 
-COLLECTORS = {collector.lms: collector for collector in
-              (CanvasCollector, MoodleCollector, BrightspaceCollector, BlackboardCollector)}
+LMSS = {lms.name: lms for lms in (Canvas(), Moodle(), Brightspace(), Blackboard())}
 
 
 def detect_lms(names):
-    """Which LMS wrote a zip with these member names (None when none fits)."""
-    for lms, collector in COLLECTORS.items():
-        if any(re.match(collector.named_regexp, "/" + name) for name in names if name.endswith(".ipynb")):
-            return lms
-    return None
+    """Which LMS wrote a download with these member names: the one that names most of them (None when none)."""
+    counts = {lms: sum(LMSS[lms].pattern.fullmatch(name) is not None for name in names) for lms in LMSS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading one download
+
+class Reader:
+    """Reads one download into `collection`, checking every file; a notebook's bytes go to `staging`, under a
+    name of ours, never one from the archive."""
+
+    def __init__(self, lms, released, assignment, staging, limits):
+        self.lms, self.released, self.assignment, self.staging = lms, released, assignment, staging
+        self.budget = archives.Budget(limits)
+        self.collection = Collection()
+        self.kept = {}  # (assignment, student id, notebook name) -> Notebook
+
+    def read_download(self, download):
+        for info in download.infolist():
+            if info.is_dir() or self.lms.is_metadata(info.filename):
+                continue
+            try:
+                self.read_entry(download, info)
+            except Refused as refusal:
+                self.refuse(info.filename, refusal)
+        self.collection.notebooks = list(self.kept.values())
+        return self.collection
+
+    def refuse(self, entry, reason):
+        self.collection.refused.append((shown(entry), str(reason)))
+
+    def read_entry(self, download, info):
+        """A top-level file of the download: the LMS's name says whose it is."""
+        archives.check(info)
+        match = self.lms.pattern.fullmatch(info.filename)
+        if match is None:
+            raise Refused(f"not named as {self.lms.name} names submissions (pass --lms if it is another LMS's)")
+        student = self.lms.student(match, download)
+        self.read_file(student, match["file"], info.filename, lambda: archives.read(download, info, self.budget))
+
+    def read_file(self, student, path, entry, read):
+        """One file of `student`'s: a notebook, or their own .zip; `read()` returns its bytes."""
+        parts = PurePosixPath(path.replace("\\", "/")).parts
+        name = parts[-1] if parts else ""
+        if SKIPPED_FOLDERS & set(parts) or name.startswith("."):
+            raise NotASubmission("a hidden file or Jupyter's/macOS's own copy, not a submission")
+        if not name.isprintable() or len(name.encode()) > NAME_BYTES:
+            raise Refused(f"a file name with control characters or over {NAME_BYTES} bytes")
+        if name.lower().endswith(".ipynb"):
+            self.keep(student, name, entry, read())
+        elif name.lower().endswith(".zip"):
+            self.read_own_archive(student, entry, read())
+        elif name.lower().endswith(OTHER_ARCHIVES):
+            raise Refused("an archive other than .zip, not unpacked: ask for the notebook, or a .zip")
+        else:
+            raise NotASubmission("not a notebook")
+
+    def read_own_archive(self, student, entry, data):
+        """A student's own .zip: its notebooks are the student's whatever their names; archives inside it are not
+        unpacked; its other files (a project's data, say) are listed together, in one line."""
+        others = []
+        with archives.open_zip(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                if info.is_dir():
+                    continue
+                inner = f"{entry} > {info.filename}"
+                try:
+                    archives.check(info)
+                    if info.filename.lower().endswith(".zip"):
+                        raise Refused("an archive inside the student's archive, not unpacked")
+                    self.read_file(student, info.filename, inner, lambda: archives.read(archive, info, self.budget))
+                except NotASubmission:
+                    others.append(info.filename)
+                except Refused as refusal:
+                    self.refuse(inner, refusal)
+        if others:
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            self.refuse(f"{entry} > {len(others)} files ({listed})", "not notebooks, not collected")
+
+    def keep(self, student, name, entry, data):
+        """Keep one notebook of `student`, unless it is empty, belongs to no released assignment or an as new
+        copy of it is kept already (then the older of the two is listed)."""
+        if not data.strip():
+            raise Refused("empty file")
+        assignment = self.assignment or owner(name, self.released)
+        if assignment is None:
+            raise Refused(f"its name starts with no released assignment ({', '.join(self.released)}); pass "
+                          f"--assignment NAME to collect it into NAME")
+        key = (assignment, student.student_id, name)
+        kept = self.kept.get(key)
+        if kept is not None and kept.student.submitted_at >= student.submitted_at:
+            raise Refused(f"{student.student_id} has another {name}, as new or newer: {kept.entry}")
+        if kept is not None:
+            self.refuse(kept.entry, f"{student.student_id} has a newer {name}: {shown(entry)}")
+        staged = kept.staged if kept else self.staging / f"{len(self.kept)}.ipynb"
+        staged.write_bytes(data)
+        self.kept[key] = Notebook(assignment, student, name, shown(entry), staged)
+
+
+def owner(file_name, released):
+    """The released assignment a notebook's name starts with (the longest such), or None."""
+    return max((name for name in released if file_name.startswith(name)), key=len, default=None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nbgrader's zip_collect, fed with the checked notebooks
+
+class CheckedExtractor(ExtractorPlugin):
+    """nbgrader's extraction step: puts the assignment's checked notebooks in <extracted>/<student>/<name>
+    (collect() reads the download itself; nothing from it is unpacked here)."""
+    notebooks = ()  # set per assignment by zip_collect()
+
+    def extract(self, archive_path, extracted_path):
+        for notebook in self.notebooks:
+            target = Path(extracted_path) / notebook.student.student_id / notebook.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(notebook.staged, target)
+
+
+class CheckedCollector(FileNameCollectorPlugin):
+    """nbgrader's collection step: each extracted file is the notebook CheckedExtractor put there."""
+    notebooks = ()  # set per assignment by zip_collect()
+
+    def collect(self, submitted_file):
+        path = Path(submitted_file)
+        found = [notebook for notebook in self.notebooks
+                 if (notebook.student.student_id, notebook.name) == (path.parent.name, path.name)]
+        if not found:
+            return None
+        info = {"student_id": found[0].student.student_id, "file_id": found[0].name}
+        if found[0].student.submitted_at:
+            info["timestamp"] = found[0].student.submitted_at
+        return info
+
+
+def zip_collect(course, assignment, archive, notebooks):
+    """nbgrader's zip_collect of one assignment's checked `notebooks` (the download kept in its archive folder)."""
+    folder = course / "downloaded" / assignment / "archive"
+    shutil.rmtree(folder, ignore_errors=True)  # exactly this download: an older one must not come back
+    folder.mkdir(parents=True)
+    shutil.copy(archive, folder / "download.zip")
+    app = ZipCollectApp()
+    app.initialize([assignment, "--force", "--log-level=ERROR", f"--CourseDirectory.root={course}"])
+    given = {"notebooks": tuple(notebooks)}
+    app.extractor_plugin = type("Extractor", (CheckedExtractor,), given)
+    app.collector_plugin = type("Collector", (CheckedCollector,), given)
+    app.start()
+
+
+def save_records(course, records):
+    """Add `records` to <course>/submissions.csv (replacing the rows of the same assignment and student), and
+    the students' names to the gradebook."""
+    path = course / RECORDS
+    rows = {(row["assignment"], row["student_id"]): row for row in sheets.read_csv(path)}
+    rows.update({(record["assignment"], record["student_id"]): record for record in records})
+    sheets.write_csv(path, FIELDS, ([rows[key][name] for name in FIELDS] for key in sorted(rows)))
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        for record in records:
+            gradebook.update_or_create_student(record["student_id"], first_name=record["first_name"] or None,
+                                               last_name=record["last_name"] or None)
 
 
 def released_assignments(course):
@@ -158,81 +374,68 @@ def released_assignments(course):
     return names
 
 
-def zip_collect(course, assignment, archive, collector):
-    """nbgrader zip_collect of one assignment from `archive`, with `collector`; return its records and the
-    paths of the files it collected."""
-    folder = course / "downloaded" / assignment / "archive"
-    shutil.rmtree(folder, ignore_errors=True)  # exactly this download: an older one must not come back
-    folder.mkdir(parents=True)
-    shutil.copy(archive, folder / archive.name)
-    app = ZipCollectApp()
-    # nbgrader logs every file of every assignment's pass; collect() reports what matters (what it skipped).
-    app.initialize([assignment, "--force", "--log-level=ERROR", f"--CourseDirectory.root={course}"])
-    app.collector_plugin = collector
-    app.start()
-    return list(app.collector_plugin_inst.records.values()), app.collector_plugin_inst.collected_paths
+def check_download(archive, staging, lms, released, assignment, limits):
+    """The Collection of the download `archive` (its notebooks staged in `staging`)."""
+    try:
+        with archives.open_zip(archive) as download:
+            names = [info.filename for info in download.infolist() if not info.is_dir()]
+            lms = lms or detect_lms(names)
+            if lms is None:
+                raise SystemExit(f"{archive}: no file in it is named as Canvas, Moodle, Brightspace or Blackboard "
+                                 f"name them (see `python -m autograder.lms.collect --help`); pass --lms if you "
+                                 f"know which.")
+            return Reader(LMSS[lms], released, assignment, staging, limits).read_download(download)
+    except Refused as refusal:
+        raise SystemExit(f"{archive}: {refusal}; pass the zip you downloaded from the LMS") from refusal
 
 
-def save_records(course, records):
-    """Add `records` to <course>/submissions.csv (replacing the rows of the same assignment and student), and
-    the students' names to the gradebook."""
-    path = course / RECORDS
-    rows = {}
-    if path.is_file():
-        with path.open(newline="", encoding="utf-8") as file:
-            rows = {(row["assignment"], row["student_id"]): row for row in csv.DictReader(file)}
-    rows.update({(record["assignment"], record["student_id"]): record for record in records})
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows[key] for key in sorted(rows))
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        for record in records:
-            gradebook.update_or_create_student(record["student_id"], first_name=record["first_name"] or None,
-                                               last_name=record["last_name"] or None)
-
-
-def collect(archive, course=COURSE, lms=None, assignment=None):
-    """Collect the LMS download `archive` into `course`; return the records of the submissions collected."""
-    with zipfile.ZipFile(archive) as opened:
-        names = opened.namelist()
-    lms = lms or detect_lms(names)
-    if lms is None:
-        raise SystemExit(f"{archive}: no notebook in it is named as Canvas, Moodle, Brightspace or Blackboard "
-                         f"name them (see `python -m autograder.lms.collect --help`); pass --lms if you know which.")
+def collect(archive, course=COURSE, lms=None, assignment=None, limits=CollectLimits()):
+    """Collect the LMS download `archive` into `course`; return its Collection (what was and was not collected)."""
     released = released_assignments(course)
     if assignment is not None and assignment not in released:
         raise SystemExit(f"{assignment} is not released in {course} (released: {', '.join(released)})")
-    collector = type(COLLECTORS[lms].__name__, (COLLECTORS[lms],), {"assignment": assignment, "released": released})
-    records, paths = [], []
-    for name in [assignment] if assignment else released:
-        collected = zip_collect(course, name, archive, collector)
-        records += collected[0]
-        paths += collected[1]
-    for member in names:
-        if member.endswith(".ipynb") and not any(path.endswith("/" + member) for path in paths):
-            print(f"skipped {member}: its name is not laid out as {lms} names submissions, or matches no "
-                  f"released assignment ({', '.join(released)}); pass --assignment NAME to collect it into NAME")
-    save_records(course, records)
-    return records
+    staging = course / "downloaded" / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        collection = check_download(archive, staging, lms, released, assignment, limits)
+        for name in sorted({notebook.assignment for notebook in collection.notebooks}):
+            zip_collect(course, name, archive, [n for n in collection.notebooks if n.assignment == name])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    collection.notebooks = [replace(notebook, staged=None) for notebook in collection.notebooks]
+    save_records(course, collection.records())
+    return collection
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = CollectLimits()
     parser.add_argument("zip", type=Path, help="the submissions as downloaded from the LMS")
     parser.add_argument("--course", type=Path, default=COURSE, help=f"nbgrader course folder (default {COURSE})")
-    parser.add_argument("--lms", choices=sorted(COLLECTORS), help="the LMS that wrote the zip (default: detect)")
+    parser.add_argument("--lms", choices=sorted(LMSS), help="the LMS that wrote the zip (default: detect)")
     parser.add_argument("--assignment", help="collect every notebook of the zip into this assignment "
                         "(default: the released assignment each file name starts with)")
+    parser.add_argument("--max-total-mib", type=float, default=defaults.total_bytes / 2**20,
+                        help="most the download may unpack to, student archives included (default %(default)g)")
+    parser.add_argument("--max-member-mib", type=float, default=defaults.member_bytes / 2**20,
+                        help="most one file may unpack to (default %(default)g)")
+    parser.add_argument("--max-members", type=int, default=defaults.members,
+                        help="most files the download and the students' archives may hold (default %(default)d)")
     args = parser.parse_args(argv)
     if not args.zip.is_file():
         sys.exit(f"{args.zip}: no such file; pass the zip you downloaded from the LMS")
-    records = collect(args.zip.resolve(), args.course.resolve(), args.lms, args.assignment)
-    for record in records:
+    limits = CollectLimits(int(args.max_total_mib * 2**20), int(args.max_member_mib * 2**20), args.max_members)
+    collection = collect(args.zip.resolve(), args.course.resolve(), args.lms, args.assignment, limits)
+    for record in collection.records():
         late = " (late)" if record["late"] == "yes" else ""
-        print(f"collected {record['assignment']} {record['student_id']}: {record['file']}{late}")
-    print(f"{len(records)} submissions collected into {args.course / 'submitted'}; records in "
-          f"{args.course / RECORDS}. Next: make grade")
+        name = " ".join(part for part in (record["first_name"], record["last_name"]) if part)
+        print(f"collected {record['assignment']} {record['student_id']} ({name}): {record['file']}{late}")
+    for entry, reason in collection.refused:
+        print(f"not collected: {entry}: {reason}")
+    print(f"{len(collection.records())} submissions collected into {args.course / 'submitted'}; records in "
+          f"{args.course / RECORDS}." + (f" {len(collection.refused)} files not collected (listed above)."
+                                         if collection.refused else "") + " Next: make grade")
 
 
 if __name__ == "__main__":

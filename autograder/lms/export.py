@@ -3,75 +3,75 @@
     python -m autograder.lms.export [--course build/course]
 
 Writes into the course folder, real students only (never the example students of autograder/examples/):
-    grades.csv                nbgrader's export (assignment, student, timestamp, score with late penalty...),
+    grades.csv                nbgrader's export's columns (assignment, student, timestamp, score with late penalty...),
                               plus the LMS each submission came from, its id there and the LMS's late flag
     canvas.csv                for Canvas's gradebook import: Student, ID, SIS User ID, SIS Login ID, Section,
                               then one column per assignment (students collected from Canvas)
     moodle_<assignment>.csv   for Moodle's "Upload grading worksheet" of that assignment: Identifier
                               ("Participant N", Moodle's id of the student in that assignment), Full name,
                               Grade, Maximum grade (students collected from Moodle)
-Scores include the written answers graded in the formgrader; the summary says when some are not graded yet.
+Scores include the written answers graded in the formgrader; the summary says when some are not graded yet. Every
+cell of every file is written through sheets.write_csv, so that names that start with =, +, -, @ reach no
+spreadsheet as formulas.
 """
 import argparse
-import csv
 from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
-from nbgrader.plugins import CsvExportPlugin
 
 from .. import examples
 from ..course import COURSE
 from .collect import RECORDS
+from .sheets import read_csv, write_csv
 
+GRADE_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email", "raw_score",
+                 "late_submission_penalty", "score", "max_score"]  # nbgrader's CsvExportPlugin's
 LMS_COLUMNS = ["lms", "lms_id", "late"]
 
 
 def read_records(course):
     """{(assignment, student_id): row} of <course>/submissions.csv (written by autograder.lms.collect)."""
-    path = course / RECORDS
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as file:
-        return {(row["assignment"], row["student_id"]): row for row in csv.DictReader(file)}
+    return {(row["assignment"], row["student_id"]): row for row in read_csv(course / RECORDS)}
 
 
 def example_students(assignments):
     return {example.student for assignment in assignments for example in examples.load_examples(assignment)}
 
 
-def score(gradebook, assignment, student):
-    """A submission's score as nbgrader exports it (late penalty taken off), or None when nothing was submitted."""
+def submitted(gradebook, assignment, student):
+    """(timestamp, raw score, late penalty) of a submission, or None when nothing was submitted."""
     try:
         submission = gradebook.find_submission(assignment, student)
     except MissingEntry:
         return None
-    return max(0.0, submission.score - (submission.late_submission_penalty or 0.0))
+    return submission.timestamp, submission.score, submission.late_submission_penalty or 0.0
 
 
-def write_csv(path, header, rows):
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+def score(gradebook, assignment, student):
+    """A submission's score as nbgrader exports it (late penalty taken off), or None when nothing was submitted."""
+    found = submitted(gradebook, assignment, student)
+    return None if found is None else max(0.0, found[1] - found[2])
 
 
 def number(value):
     return "" if value is None else f"{value:g}"
 
 
+def grade_row(gradebook, assignment, student):
+    """A student's row of grades.csv as nbgrader's CsvExportPlugin computes it (nothing submitted scores 0)."""
+    timestamp, raw, penalty = submitted(gradebook, assignment.name, student.id) or (None, 0.0, 0.0)
+    return [assignment.name, assignment.duedate, timestamp, student.id, student.last_name, student.first_name,
+            student.email, raw, penalty, score(gradebook, assignment.name, student.id) or 0.0, assignment.max_score]
+
+
 def write_grades(course, gradebook, students, records):
-    """nbgrader's grades.csv of `students`, with the LMS columns appended."""
-    path = course / "grades.csv"
-    # nbgrader exports every student for an empty list; no id is "" so [""] exports none.
-    CsvExportPlugin(to=str(path), student=students or [""]).export(gradebook)
-    with path.open(newline="", encoding="utf-8") as file:
-        rows = list(csv.DictReader(file))
-    header = list(rows[0]) if rows else ["assignment", "student_id"]
+    """grades.csv: nbgrader's columns for `students`, then the LMS columns. Written here rather than by
+    CsvExportPlugin, which joins the cells with commas unquoted: a name with a comma shifted the columns."""
     empty = dict.fromkeys(LMS_COLUMNS, "")
-    return write_csv(path, header + LMS_COLUMNS, [
-        [*row.values(), *[records.get((row["assignment"], row["student_id"]), empty)[key] for key in LMS_COLUMNS]]
-        for row in rows])
+    rows = [grade_row(gradebook, assignment, student)
+            + [records.get((assignment.name, student.id), empty)[key] for key in LMS_COLUMNS]
+            for assignment in gradebook.assignments for student in gradebook.students if student.id in set(students)]
+    return write_csv(course / "grades.csv", GRADE_COLUMNS + LMS_COLUMNS, rows)
 
 
 def write_canvas(course, gradebook, assignments, records):

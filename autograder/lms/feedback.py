@@ -8,7 +8,9 @@ written answers are graded.
     NoteUngradedAnswers  while written answers wait for a grader, the page says so at the top, so that a test
                          score is not read as the final one
     FeedbackExporter     nbgrader's feedback page, with math rendered by the MathJax copy that
-                         install_mathjax(course) puts in <course>/feedback/mathjax/ (no network needed)
+                         install_mathjax(course) puts in <course>/feedback/mathjax/ (no network needed), and no
+                         student script: the notebook goes through autograder.lms.sanitize first, and every
+                         markdown and HTML the page renders (a grader's comment too) through its sanitiser
 
 Each student still sees every test's name and points in the page's table of contents and cell headings.
 """
@@ -18,12 +20,14 @@ import shutil
 from pathlib import Path
 
 import nbformat
+from jinja2 import pass_context
 from nbconvert.exporters import HTMLExporter
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import ClearHiddenTests, NbGraderPreprocessor
 
 from .. import notebooks
 from ..course import COURSE, nbgrader
+from . import sanitize
 
 # The MathJax 3 copy the book uses too (the package sphinx-mathjax-offline ships it).
 MATHJAX = Path(importlib.util.find_spec("sphinx-mathjax-offline").origin).parent / "static" / "mathjax"
@@ -66,7 +70,26 @@ class NoteUngradedAnswers(NbGraderPreprocessor):
 class FeedbackExporter(HTMLExporter):
     """nbgrader's feedback page (template `feedback`) through our template `course_feedback`
     (autograder/templates/), which changes only where MathJax comes from. nbgrader_config.py configures it, for
-    generate_feedback alone: the formgrader's pages keep nbgrader's templates."""
+    generate_feedback alone: the formgrader's pages keep nbgrader's templates.
+
+    What a student wrote runs nothing here: the notebook is sanitised before nbgrader's steps (which add only the
+    grades, the hidden tests' messages and our note), and the page's markdown (nbgrader's feedback template renders
+    markdown cells and comments without nbconvert's sanitize_html) and HTML filters are sanitising too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sanitize_html = True  # nbconvert then drops JavaScript and widget outputs and cleans HTML outputs
+
+    def from_notebook_node(self, nb, resources=None, **kwargs):
+        return super().from_notebook_node(sanitize.notebook(nb), resources, **kwargs)
+
+    @pass_context
+    def markdown2html(self, context, source):
+        return sanitize.html(super().markdown2html(context, source))
+
+    def default_filters(self):
+        yield from super().default_filters()
+        yield ("clean_html", sanitize.html)  # what nbconvert's templates call with sanitize_html on
 
 
 def install_mathjax(course):

@@ -2,7 +2,7 @@
 imports (torch, numpy, matplotlib, ipykernel: about 2 s of CPU time), then forks each student's kernel from
 itself instead of starting a fresh interpreter.
 
-It runs inside a bubblewrap sandbox that already hides what no kernel may see (sandbox.Zygote starts it: the
+It runs inside a bubblewrap sandbox that already hides what no kernel may see (kernelspec.Zygote starts it: the
 course, the repository, the host's /tmp and $HOME, no network, user namespaces disabled), with the capabilities of
 that sandbox's own user namespace, so that each fork can build the student's sandbox inside it, as bwrap builds
 it for a kernel started afresh:
@@ -11,12 +11,13 @@ it for a kernel started afresh:
   change the machine are read-only;
 - an init process (PID 1 of the namespace) that reaps orphans, with the kernel as its only child;
 - every capability dropped, no new privileges, the resource limits.
-The launcher (sandbox.py, outside) sends a request with its standard streams over a Unix socket, learns the
+The launcher (launcher.py, outside) sends a request with its standard streams over a Unix socket, learns the
 fork's process id (SCM_CREDENTIALS translates it into the launcher's PID namespace), puts the fork into the
 kernel's cgroups before anything of the student runs, and receives the kernel's exit code.
 
 Run as `python -c <this file's text> <socket path>` (the repository is hidden inside the sandbox): it imports only
-the standard library and the preloaded packages.
+the standard library and the preloaded packages, which is why it repeats two small pieces of launcher.py
+(exit_code, the setrlimit loop of run_kernel) instead of importing them.
 """
 import base64
 import ctypes
@@ -78,7 +79,8 @@ def mount(source, target, kind, flags, options=None):
 
 
 def exit_code(status):
-    """A wait status as a shell would say it: the exit code, or 128 + the signal that killed."""
+    """A wait status as a shell would say it: the exit code, or 128 + the signal that killed (as
+    launcher.shell_exit_code says a return code; repeated here, where the repository is hidden)."""
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
 
@@ -233,8 +235,8 @@ def drop_privileges():
 
 
 def run_kernel(request):
-    """The kernel, as sandbox.KERNEL_CODE runs it in a fresh interpreter, with the limits and environment."""
-    for name, (soft, hard) in request["rlimits"].items():
+    """The kernel, as kernel_main.py runs it in a fresh interpreter, with the limits and environment."""
+    for name, (soft, hard) in request["rlimits"].items():  # launcher.set_resource_limits, repeated (hidden here)
         resource.setrlimit(getattr(resource, name), (soft, hard))
     os.environ.clear()
     os.environ.update(request["environment"])
@@ -242,7 +244,7 @@ def run_kernel(request):
     random.seed()  # a fresh interpreter's seeds, not the zygote's
     if "numpy.random" in sys.modules:
         sys.modules["numpy.random"].seed()
-    _, option, code, *arguments = request["kernel"]  # [python, "-c", KERNEL_CODE, "-f", connection file]
+    _, option, code, *arguments = request["kernel"]  # [python, "-c", kernel_main.py's text, "-f", connection file]
     sys.argv = [option, *arguments]
     exec(compile(code, "<kernel>", "exec"), {"__name__": "__main__"})
 
