@@ -547,6 +547,23 @@ def warm_up(model, data, config, steps=3):
             train_step(copy, optimizer, inputs, targets, config.grad_clip)
 
 
+@torch.no_grad()
+def whole_split_loss(model, data, batch_size=64):
+    """The mean next-token loss over every consecutive window of `data` (block_size characters each, the last
+    partial window dropped), in evaluation mode: unlike estimate_loss's random batches, the same number every
+    time, so that published weights can be checked against it (tests/test_gpt.py)."""
+    model.eval()
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    starts = torch.arange(0, len(data) - block, block)
+    losses = []
+    for batch in starts.split(batch_size):
+        inputs = torch.stack([data[i:i + block] for i in batch]).to(device)
+        targets = torch.stack([data[i + 1:i + 1 + block] for i in batch]).to(device)
+        losses.append(next_token_loss(model(inputs), targets).item() * len(batch))
+    return sum(losses) / len(starts)
+
+
 def interval_timings(evaluated_at, train_seconds):
     """Seconds per iteration of the first evaluation interval, and the median of the later ones (None if there
     are none): the cumulative training seconds `train_seconds` were read at the iterations `evaluated_at`."""
@@ -629,7 +646,8 @@ def main(argv=None):
         if checkpoint["vocabulary"] != vocabulary.chars:
             raise SystemExit(f"{out / 'checkpoint.pt'} was trained on another text: give the same --text.")
         model_config = GPTConfig(**checkpoint["model_config"])
-        train_config = TrainConfig(**{**checkpoint["train_config"], "betas": tuple(checkpoint["train_config"]["betas"])})
+        saved = checkpoint["train_config"]
+        train_config = TrainConfig(**{**saved, "betas": tuple(saved["betas"])})  # JSON-like: a list
     # How to compute the model is always the command line's choice: neither setting changes the parameters.
     bfloat16 = args.precision == "bfloat16" or (args.precision == "auto" and bfloat16_pays(device, model_config))
     model_config = replace(model_config, fused_attention=not args.course_attention, bfloat16=bfloat16)
@@ -679,6 +697,7 @@ def main(argv=None):
         "first_interval_seconds_per_iteration": first_interval,
         "steady_seconds_per_iteration": steady,
         "tokens_per_second": train_config.batch_size * model_config.block_size / (steady or seconds_per_iteration),
+        "val_loss_whole_split": whole_split_loss(model, val_data),
         "history": history,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from solutions import gpt
+from solutions import course_utils, gpt
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB_SIZE, BLOCK_SIZE = 11, 8
@@ -230,3 +230,42 @@ def test_fast_generation_changes_neither_the_model_nor_pytorch_settings(model):
 def test_fast_generation_refuses_training_mode(model):
     with pytest.raises(AssertionError, match="eval"):
         gpt.generate_fast(model.train(), prompt(1), 2)
+
+
+RESULTS = ROOT / "book" / "results" / "part3_gpt"
+
+
+def grimm():
+    """(vocabulary, train_data, val_data) of Grimms' Fairy Tales from the data root; skip the test without it."""
+    try:
+        return gpt.load_char_data()
+    except course_utils.DataNotFoundError as missing:
+        pytest.skip(str(missing))
+
+
+def published_reference():
+    """(metrics.json of the reference run, a GPT of its shape holding the published weights gpt.pt)."""
+    metrics = json.loads((RESULTS / "metrics.json").read_text(encoding="utf-8"))
+    shape = {key: metrics["model_config"][key] for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+    return metrics, course_utils.load_reference(gpt.GPT(gpt.GPTConfig(**shape)), "gpt.pt", root=RESULTS)
+
+
+def test_the_published_gpt_weights_reproduce_the_published_validation_loss():
+    _, _, val_data = grimm()
+    metrics, model = published_reference()
+    # float16 weights (half the file) against the float32 model the trainer measured: equal to the last digit
+    assert abs(gpt.whole_split_loss(model, val_data) - metrics["val_loss_whole_split"]) < 1e-3
+
+
+def test_with_load_reference_the_training_cell_loads_the_reference_gpt_without_training(monkeypatch,
+                                                                                       run_release_cell):
+    vocabulary, train_data, val_data = grimm()
+    monkeypatch.setenv(course_utils.REFERENCE_DIR_VARIABLE, str(RESULTS))
+    monkeypatch.setattr(gpt, "train", lambda *args: pytest.fail("LOAD_REFERENCE must not train"))
+    namespace = {**vars(gpt), "course_utils": course_utils, "QUICK": False, "LOAD_REFERENCE": True,
+                 "DEVICE": torch.device("cpu"), "vocabulary": vocabulary, "train_data": train_data,
+                 "val_data": val_data}
+    model = run_release_cell("part3_gpt", "load_reference(", namespace)["model"]
+    published = torch.load(RESULTS / "gpt.pt")
+    assert model.state_dict().keys() == published.keys()
+    assert all(torch.equal(value, published[name].to(value.dtype)) for name, value in model.state_dict().items())

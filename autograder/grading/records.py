@@ -5,8 +5,6 @@ notebook: score, max, status ok / flagged / failed, reason, and the hashes that 
 student's score is withheld: every test cell gets a manual score of 0 for an instructor to review in the
 formgrader. The gradebook is checked before and after a batch, and backed up before it.
 """
-import csv
-import io
 import shutil
 import sqlite3
 import warnings
@@ -15,7 +13,7 @@ from dataclasses import replace
 import nbformat
 
 from .. import notebooks
-from ..lms import sanitize
+from ..lms import sanitize, sheets
 from .submission import is_plain_student_id
 
 REPORT_FIELDS = ["student", "notebook", "score", "max", "status", "reason", "submission_hash", "release_hash"]
@@ -29,20 +27,13 @@ warnings.filterwarnings("ignore", message="Object of type <Submitted", module="n
 
 def read_report(course):
     """{(student, notebook): row} of <course>/grading_report.csv."""
-    path = course / "grading_report.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="", encoding="utf-8") as file:
-        return {(row["student"], row["notebook"]): row for row in csv.DictReader(file)}
+    return {(row["student"], row["notebook"]): row for row in sheets.read_csv(course / "grading_report.csv")}
 
 
 def write_report(course, report):
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=REPORT_FIELDS)
-    writer.writeheader()
-    writer.writerows(sorted(report.values(), key=lambda row: (row["notebook"], row["student"])))
-    partial = course / "grading_report.csv.partial"
-    partial.write_text(text.getvalue(), encoding="utf-8")
+    rows = sorted(report.values(), key=lambda row: (row["notebook"], row["student"]))
+    partial = sheets.write_csv(course / "grading_report.csv.partial", REPORT_FIELDS,
+                               [[row[field] for field in REPORT_FIELDS] for row in rows])
     partial.replace(course / "grading_report.csv")  # a batch killed here keeps the old report or the new one
 
 
