@@ -2,11 +2,12 @@
 folder build/course (overridden with --CourseDirectory.root)."""
 from pathlib import Path
 
+from autograder.course import AUTOGRADER, COURSE
 from autograder.limits import Limits
 
 c = get_config()  # noqa: F821, provided by nbgrader when it loads this file
 
-c.CourseDirectory.root = str(Path(__file__).resolve().parent.parent / "build" / "course")
+c.CourseDirectory.root = str(COURSE)
 c.CourseDirectory.course_id = "deep-generative-models"
 
 # The stub that replaces each solution region, as the course has always shown it.
@@ -50,5 +51,5 @@ c.GenerateFeedback.preprocessors = [
 ]
 c.GenerateFeedback.exporter_class = "autograder.lms.feedback.FeedbackExporter"
 c.FeedbackExporter.template_name = "course_feedback"
-c.FeedbackExporter.extra_template_basedirs = [str(Path(__file__).resolve().parent / "templates"), str(
+c.FeedbackExporter.extra_template_basedirs = [str(AUTOGRADER / "templates"), str(
     Path(__import__("nbgrader").__file__).parent / "server_extensions" / "formgrader" / "templates")]

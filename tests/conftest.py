@@ -1,5 +1,6 @@
 """Shared fixtures and markers: one fresh build of the whole release per test session, in a temporary folder;
 running a cell of a release notebook; the `mnist` marker for tests that need the data set."""
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,3 +43,10 @@ def fresh_build(tmp_path_factory):
     out, course = scratch / "out", scratch / "course"
     written = release.build_release(out=out, course=course)
     return SimpleNamespace(out=out, course=course, written=written)
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from nbgrader.api import Gradebook
 
 from autograder import examples, notebooks, release
 from autograder.course import ROOT
+from conftest import free_port
 
 NOTEBOOK = "part1_vae"
 STUDENTS = {"ann": "reference", "bob": "kld_mean"}  # each student's user name: the example student they submit as
@@ -145,12 +145,6 @@ def test_the_course_configuration_names_no_path_of_this_machine(fresh_build, hub
         "with an exchange, its folder is the one path"
     copied = release.course_config(hub.course)
     assert copied.CourseDirectory.root == str(hub.course) and copied.CourseDirectory.course_id == COURSE_ID
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Formgrader:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,9 @@ import pytest
 from nbgrader.api import Gradebook
 
 from autograder import examples, notebooks, release
-from autograder.lms import collect, export
 from autograder.course import ROOT
+from autograder.lms import collect, export
+from conftest import free_port
 
 NOTEBOOK = "part1_vae"
 HIDDEN_TESTS = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", flags=re.DOTALL)
@@ -45,12 +45,6 @@ def run(*args, cwd=ROOT):
     result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Formgrader:

@@ -131,6 +131,11 @@ class Lms:
     def student(self, match, download):
         raise NotImplementedError
 
+    def named(self, lms_id, full_name, **values):
+        """The Student of this LMS with the id `lms_id` and the name the LMS wrote in full."""
+        first, last = split_name(full_name)
+        return Student(student_id(self.name, lms_id), self.name, lms_id, first, last, **values)
+
     def is_metadata(self, member_name):
         """A file the LMS adds to its download itself (an index, a receipt): neither collected nor refused."""
         return False
@@ -153,8 +158,7 @@ class Moodle(Lms):
                          r"(?P<file>.+)")
 
     def student(self, match, download):
-        first, last = split_name(match["full_name"])
-        return Student(student_id(self.name, match["participant"]), self.name, match["participant"], first, last)
+        return self.named(match["participant"], match["full_name"])
 
 
 class Brightspace(Lms):
@@ -163,10 +167,8 @@ class Brightspace(Lms):
                          r"(?P<date>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M) - (?P<file>[^/]+)")
 
     def student(self, match, download):
-        first, last = split_name(match["full_name"])
         submitted = datetime.strptime(match["date"], "%b %d, %Y %I%M %p")
-        return Student(student_id(self.name, match["user_id"]), self.name, match["user_id"], first, last,
-                       submitted_at=submitted.isoformat())
+        return self.named(match["user_id"], match["full_name"], submitted_at=submitted.isoformat())
 
     def is_metadata(self, member_name):
         return member_name == "index.html"
