@@ -27,3 +27,18 @@ class TruncateLongOutputs(NbGraderPreprocessor):
                 output.evalue = self.truncated(output.evalue)
                 output.traceback = [self.truncated(line) for line in output.traceback]
         return cell, resources
+
+
+class RefuseUnsandboxedAutograde(NbGraderPreprocessor):
+    """Stops nbgrader's own autograde in a course folder (`nbgrader autograde` run there by hand, the formgrader's
+    autograde button) before any student code runs: nbgrader would run it outside the sandbox, with the
+    instructor's rights over the course folder and the gradebook. The course folder's nbgrader_config.py
+    (release.COURSE_CONFIG) puts it in place of the autograde steps; `make grade` grades with the course's
+    configuration (autograder/nbgrader_config.py), each kernel sandboxed."""
+
+    def preprocess(self, nb, resources):
+        raise RuntimeError(
+            "nbgrader's own autograde is switched off in this course folder: it would run student code outside "
+            "the sandbox, with your rights. Grade with `make grade` (python -m autograder.grading --course "
+            "<this folder>) from the course repository: it autogrades every submission sandboxed and fills the "
+            "same gradebook.")

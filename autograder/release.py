@@ -80,6 +80,9 @@ except ImportError as error:
 c = get_config()  # noqa: F821, provided by nbgrader when it loads this file
 load_subconfig(os.path.join(os.path.dirname(autograder.__file__), "nbgrader_config.py"))  # noqa: F821
 c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
+# nbgrader's own autograde here (the command, the formgrader's autograde button) would run student code outside
+# the sandbox, with the instructor's rights: it stops, naming `make grade`, before any student code runs.
+c.Autograde.autograde_preprocessors = ["autograder.preprocessors.RefuseUnsandboxedAutograde"]
 """
 EXCHANGE_CONFIG = """\
 

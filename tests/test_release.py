@@ -1,10 +1,15 @@
 """The generated files: up to date, marked as generated; the release stands alone and gives nothing away."""
 import ast
+import os
 import re
+import shutil
+import subprocess
+import sys
 import textwrap
 import tomllib
 import zipfile
 
+import nbformat
 import pytest
 
 from autograder import book as book_pages, notebooks, release
@@ -200,3 +205,23 @@ def test_book_pages_link_to_the_downloads_from_their_header(name):
     header = notebooks.read(ROOT / "book" / f"{name}.ipynb").cells[0].source
     for download in ("assignment.zip", f"{name}.ipynb", "course_utils.py"):
         assert f"(path:downloads/{download})" in header, download
+
+
+def test_nbgraders_own_autograde_in_the_course_folder_refuses_before_student_code_runs(fresh_build, tmp_path):
+    """`nbgrader autograde` in the course folder (or the formgrader's button) would run student code unsandboxed:
+    it stops, naming `make grade`, and the submission's code never ran."""
+    course = tmp_path / "course"
+    shutil.copytree(fresh_build.course, course)
+    notebook = "part1_vae"
+    submission = nbformat.read(course / "release" / notebook / f"{notebook}.ipynb", as_version=4)
+    ran = tmp_path / "student code ran"
+    first = next(cell for cell in submission.cells if cell.cell_type == "code")
+    first.source = f"open({str(ran)!r}, 'w').close()\n" + first.source
+    submitted = course / "submitted" / "alice" / notebook
+    submitted.mkdir(parents=True)
+    nbformat.write(submission, submitted / f"{notebook}.ipynb")
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"  # nbgrader runs alembic
+    autograde = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", notebook, "--student", "alice",
+                                "--create"], cwd=course, capture_output=True, text=True, env={**os.environ, "PATH": path})
+    assert autograde.returncode != 0 and "make grade" in autograde.stdout + autograde.stderr
+    assert not ran.exists()
