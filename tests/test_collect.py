@@ -10,7 +10,6 @@ import shutil
 import stat
 import struct
 import sys
-import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +91,10 @@ def zip_slip(lms, tmp_path):
 
 
 def absolute_paths(lms, tmp_path):
-    target = f"/tmp/{uuid.uuid4().hex}_{FILE}"
-    work = zip_of([(target, notebook("eve"))])
-    return ([(entry(lms, EVE, "work.zip"), work), (f"/tmp/outer_{FILE}", notebook("eve"))],
-            [target, "outer_"], HONEST, CollectLimits())
+    """Absolute member names that point into this test's own folder, where the test looks for what was written."""
+    inner, outer = (str(tmp_path / "absolute" / f"{which}_{FILE}") for which in ("inner", "outer"))
+    work = zip_of([(inner, notebook("eve"))])
+    return [(entry(lms, EVE, "work.zip"), work), (outer, notebook("eve"))], [inner, outer], HONEST, CollectLimits()
 
 
 def symlinks(lms, tmp_path):
@@ -197,7 +196,7 @@ def test_collect_takes_every_honest_student_and_lists_every_bad_file(lms, attack
         assert bad in refused, f"{bad} is not listed as refused: {collection.refused}"
     after = files_under(tmp_path) - files_under(course)
     assert after == before, f"written outside the course: {after - before}"
-    assert not any(path.name in ("escaped.ipynb", f"outer_{FILE}", f"outside_{FILE}") for path in files_under(tmp_path))
+    assert not any(path.name in ("escaped.ipynb", f"inner_{FILE}", f"outer_{FILE}", f"outside_{FILE}") for path in files_under(tmp_path))
     assert not any(Path(bad).exists() for bad in bad_entries if bad.startswith("/"))
     for path in (course / "submitted").rglob("*"):
         assert path.is_dir() or (not path.is_symlink() and path.stat().st_size <= limits.member_bytes)
