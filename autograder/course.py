@@ -17,12 +17,17 @@ def source_notebooks():
     return sorted(SOLUTIONS.glob("part*_*.md"))
 
 
+def read_nbgrader_config(folder):
+    """The nbgrader_config.py of `folder` as nbgrader reads it there, a traitlets Config."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("nbgrader_config.py", path=str(folder)).load_config()
+
+
 def nbgrader_config(course):
     """The course's nbgrader configuration (autograder/nbgrader_config.py) for the course folder `course`, as
     nbgrader's Python API (nbgrader.apps.NbGraderAPI) takes it; `nbgrader` below is the command-line way."""
-    from traitlets.config.loader import PyFileConfigLoader
-
-    config = PyFileConfigLoader("nbgrader_config.py", path=str(AUTOGRADER)).load_config()
+    config = read_nbgrader_config(AUTOGRADER)
     config.CourseDirectory.root = str(course)
     return config
 

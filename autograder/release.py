@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 
 from . import book, notebooks
-from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, source_notebooks
+from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, read_nbgrader_config, source_notebooks
 
 SHARED_HELPERS = book.SHARED_HELPERS  # course_utils.py
 RELEASE_ZIP = ROOT / "build" / "release" / "assignment.zip"
@@ -211,18 +211,11 @@ def write_course_config(course, exchange=None):
     (course / "nbgrader_config.py").write_text(text, encoding="utf-8")
 
 
-def course_config(course):
-    """The configuration nbgrader reads in the course folder (its nbgrader_config.py), as a traitlets Config."""
-    from traitlets.config.loader import PyFileConfigLoader
-
-    return PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
-
-
 def configured_exchange(course):
     """The folder of nbgrader's exchange that the course's nbgrader_config.py sets, or None."""
     if not (course / "nbgrader_config.py").is_file():
         return None
-    exchange = course_config(course).Exchange
+    exchange = read_nbgrader_config(course).Exchange
     return Path(exchange.root) if "root" in exchange else None
 
 
@@ -234,7 +227,7 @@ def release_to_exchange(course):
     if exchange is None:
         return []
     exchange.mkdir(parents=True, exist_ok=True)  # nbgrader release_assignment gives it the exchange's permissions
-    course_id = course_config(course).CourseDirectory.course_id
+    course_id = read_nbgrader_config(course).CourseDirectory.course_id
     released = []
     for folder in sorted(path for path in (course / "release").iterdir() if path.is_dir()):
         outbound = exchange / course_id / "outbound" / folder.name
@@ -360,7 +353,7 @@ def main(argv=None):
           f"(the book's downloads)")
     if args.exchange:
         print(STUDENTS_EXCHANGE_CONFIG.format(exchange=str(configured_exchange(course)),
-                                              course_id=course_config(course).CourseDirectory.course_id))
+                                              course_id=read_nbgrader_config(course).CourseDirectory.course_id))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from autograder import examples, notebooks, release
-from autograder.course import ROOT
+from autograder.course import ROOT, read_nbgrader_config
 from conftest import free_port
 
 NOTEBOOK = "part1_vae"
@@ -143,7 +143,7 @@ def test_the_course_configuration_names_no_path_of_this_machine(fresh_build, hub
     with_exchange = (hub.course / "nbgrader_config.py").read_text(encoding="utf-8")
     assert ABSOLUTE_PATH.findall(with_exchange) == ["'/"] and str(hub.course) not in with_exchange, \
         "with an exchange, its folder is the one path"
-    copied = release.course_config(hub.course)
+    copied = read_nbgrader_config(hub.course)
     assert copied.CourseDirectory.root == str(hub.course) and copied.CourseDirectory.course_id == COURSE_ID
 
 

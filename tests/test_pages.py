@@ -18,9 +18,8 @@ from nbconvert.exporters import HTMLExporter
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output, new_raw_cell
 from nbgrader.server_extensions.formgrader import handlers
 from traitlets.config import Config
-from traitlets.config.loader import PyFileConfigLoader
 
-from autograder.course import AUTOGRADER
+from autograder.course import AUTOGRADER, read_nbgrader_config
 from autograder.lms import collect, sanitize
 from autograder.lms.feedback import FeedbackExporter, install_mathjax
 
@@ -83,7 +82,7 @@ def traces(dom):
 
 def feedback_page(folder, exporter_class=FeedbackExporter):
     """The feedback page of the hostile notebook, where generate_feedback writes it, with the MathJax it loads."""
-    config = PyFileConfigLoader("nbgrader_config.py", path=str(AUTOGRADER)).load_config()
+    config = read_nbgrader_config(AUTOGRADER)
     css = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader" / "static" / "node_modules"
     config.HTMLExporter.extra_template_paths = [str(css / "bootstrap" / "dist" / "css")]  # as generate_feedback
     if exporter_class is not FeedbackExporter:  # nbgrader's own feedback page, for comparison
