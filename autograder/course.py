@@ -1,5 +1,6 @@
 """Where the course's files are, and how nbgrader is run on the course folder."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,14 @@ AUTOGRADER = ROOT / "autograder"
 EXAMPLES = AUTOGRADER / "examples"  # the example students' files, <notebook>.yml (autograder/examples/README.md)
 COURSE = ROOT / "build" / "course"  # the nbgrader course folder: source, release, submitted, autograded...
 EXAMPLES_COURSE = ROOT / "build" / "examples"  # the example students' own course folder, never mixed with real ones
+
+
+STUDENT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # the course folder's student folders are named so
+
+
+def is_plain_student_id(student):
+    """Letters, digits, _ . - only: safe as a folder name, in a glob, on a command line."""
+    return STUDENT_ID.fullmatch(student) is not None
 
 
 def source_notebooks():

@@ -13,8 +13,9 @@ from dataclasses import replace
 import nbformat
 
 from .. import notebooks
+from ..course import is_plain_student_id
 from ..lms import sanitize, sheets
-from .submission import is_plain_student_id
+
 
 REPORT_FIELDS = ["student", "notebook", "score", "max", "status", "reason", "submission_hash", "release_hash"]
 

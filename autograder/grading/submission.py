@@ -11,19 +11,13 @@ from dataclasses import dataclass
 import nbformat
 
 from .. import notebooks
+from ..course import is_plain_student_id
 from ..limits import Limits
 from .job import Job, Result
-
-STUDENT_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class Refused(Exception):
     """The submission cannot be graded; the message says why and what to do."""
-
-
-def is_plain_student_id(student):
-    """Letters, digits, _ . - only: safe as a folder name, in a glob, on a command line."""
-    return STUDENT_ID.fullmatch(student) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------

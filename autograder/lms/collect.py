@@ -41,7 +41,7 @@ from nbgrader.api import Gradebook
 from nbgrader.apps import ZipCollectApp
 from nbgrader.plugins import ExtractorPlugin, FileNameCollectorPlugin
 
-from ..course import COURSE
+from ..course import COURSE, is_plain_student_id
 from ..limits import CollectLimits
 from . import archives, sheets
 from .archives import Refused, shown
@@ -49,7 +49,6 @@ from .archives import Refused, shown
 RECORDS = "submissions.csv"  # in the course folder: one row per assignment and student
 FIELDS = ["assignment", "student_id", "lms", "lms_id", "first_name", "last_name", "late", "submitted_at", "file"]
 STAGING = ".checked"  # <course>/downloaded/.checked/: the notebooks read from one download, until collected
-ID = re.compile(r"[a-z0-9][a-z0-9._-]*")  # what becomes of an LMS id: a folder name nbgrader and the grader accept
 NOT_A_NAME = re.compile(r"[<>\"\u202a-\u202e\u2066-\u2069]")  # markup, and text direction overrides
 OTHER_ARCHIVES = (".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar")
 SKIPPED_FOLDERS = {"__MACOSX", ".ipynb_checkpoints"}  # macOS resource forks, Jupyter's autosaves
@@ -117,7 +116,7 @@ def split_name(full_name):
 def student_id(lms, lms_id):
     """<lms>_<id> from the LMS's own id (e.g. canvas_12345), or Refused: never an empty or made-up id."""
     plain = lms_id.strip().lower().replace("@", "_at_")
-    if not ID.fullmatch(plain):
+    if not is_plain_student_id(plain):  # a folder name nbgrader and the grader accept
         raise Refused(f"no usable {lms} id in its name ({shown(lms_id)!r}: letters, digits, . _ - @ only)")
     return f"{lms}_{plain}"
 
