@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .course_utils import DataNotFoundError, data_root, default_device, make_grid, mnist, progress, seed_everything
+from .course_utils import DataNotFoundError, data_root, default_device, load_training_state, make_grid, mnist, progress, save_training_state, seed_everything
 
 
 def mnist_loader(train=True, batch_size=64, data_dir=None):
@@ -227,8 +227,11 @@ class AAEConfig:
     seed: int = 42
 
 
-def train(config, data_dir=None, device=None):
-    """Train an AAE as config says; return the model, the per-epoch history and {epoch: samples}."""
+def train(config, data_dir=None, device=None, checkpoint=None, resume=False):
+    """Train an AAE as config says; return the model, the per-epoch history and {epoch: samples}.
+
+    checkpoint, if given, is a file where the training state is saved after every epoch; with resume=True the
+    run goes on from it (the same run as one without a stop, on the same machine)."""
     seed_everything(config.seed)
     loader = mnist_loader(train=True, batch_size=config.batch_size, data_dir=data_dir)
     model = AdversarialAE(config.z_dim).to(device or default_device())
@@ -236,7 +239,16 @@ def train(config, data_dir=None, device=None):
     batches_per_epoch = min(config.batches_per_epoch or len(loader), len(loader))
     samples = {0: model.sample(64).cpu()}
     history = []
-    epochs = progress(range(1, config.epochs + 1), desc="epochs")
+    if resume:
+        state = load_training_state(checkpoint)
+        if {**state["config"], "epochs": config.epochs} != vars(config):
+            raise SystemExit(f"{checkpoint} was trained with other options: resume with the same ones.")
+        model.load_state_dict(state["model"])
+        optimizer_ae.load_state_dict(state["optimizer_ae"])
+        optimizer_disc.load_state_dict(state["optimizer_disc"])
+        history, samples = state["history"], state["samples"]
+    epochs = progress(range(len(history) + 1, config.epochs + 1), desc="epochs", initial=len(history),
+                      total=config.epochs)
     for epoch in epochs:
         start = time.perf_counter()
         batches = progress(itertools.islice(loader, batches_per_epoch), total=batches_per_epoch,
@@ -246,6 +258,10 @@ def train(config, data_dir=None, device=None):
         epochs.set_postfix(recon_loss=f"{averages['recon_loss']:.4f}", disc_accuracy=f"{averages['accuracy']:.2f}")
         if epoch % config.sample_every == 0 or epoch == config.epochs:
             samples[epoch] = model.sample(64).cpu()
+        if checkpoint is not None:
+            save_training_state(
+                checkpoint, config=vars(config), model=model.state_dict(), optimizer_ae=optimizer_ae.state_dict(),
+                optimizer_disc=optimizer_disc.state_dict(), history=history, samples=samples)
     return model, history, samples
 
 
@@ -344,18 +360,20 @@ def main(argv=None):
                         help="folder that holds MNIST/raw/ (default: $DGM_DATA_DIR, else ./data)")
     parser.add_argument("--out", default="runs/aae", help="folder for metrics and figures (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from <out>/checkpoint.pt, saved after every epoch (give the same options)")
     args = parser.parse_args(argv)
     config = AAEConfig(**{key: value for key, value in vars(args).items() if key in AAEConfig.__dataclass_fields__})
 
-    data_dir = data_root(args.data_dir)
+    data_dir, out = data_root(args.data_dir), Path(args.out)
     device = torch.device(args.device) if args.device else default_device()
     warm_up(config, device)
     try:
-        model, history, samples = train(config, data_dir=data_dir, device=device)
+        model, history, samples = train(config, data_dir=data_dir, device=device,
+                                        checkpoint=out / "checkpoint.pt", resume=args.resume)
     except DataNotFoundError as error:
         raise SystemExit(f"error: {error}")
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     timing = timings(history)
     (out / "metrics.json").write_text(json.dumps({"config": asdict(config), **timing, "history": history}, indent=1))

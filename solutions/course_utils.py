@@ -180,6 +180,43 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def save_training_state(path, **state):
+    """Save a trainer's state (models, optimizers, history, ...) and the random generators' states to `path`, so
+    that a long run can stop and go on later (load_training_state). Written whole or not at all: a run stopped
+    while saving keeps the previous state."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state["rng_states"] = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def load_training_state(path):
+    """The state save_training_state wrote to `path`, with the random generators put back where they were (the
+    run goes on as if it had not stopped), or SystemExit with what to do when there is none."""
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"Nothing to resume: {path} does not exist. Train without --resume first (same --out).")
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds Python's RNG state
+    rng_states = state.pop("rng_states")
+    random.setstate(rng_states["python"])
+    np.random.set_state(rng_states["numpy"])
+    torch.set_rng_state(rng_states["torch"])
+    return state
+
+
+def contract_settings(max_examples=8):
+    """Hypothesis's settings for the hidden tests that draw an exercise's inputs from its contract: few examples
+    (grading stays fast), the same ones on every run (derandomize: a grade never depends on luck), no example
+    database (nothing written beside the notebook) and no deadline (a busy grading machine is slow).
+    Hypothesis is an instructor's package: only hidden tests import it."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck), print_blob=False)
+
+
 def default_device():
     """The first GPU if there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -277,8 +277,11 @@ def sample_grid(model, num_samples=64):
     return make_grid(samples.float() / (NUM_LEVELS - 1), nrow=8, pad_value=0.5).cpu()
 
 
-def fit(config, device=None):
+def fit(config, device=None, checkpoint=None, resume=False):
     """Train a VAE as `config` says.
+
+    checkpoint, if given, is a file where the training state is saved after every epoch; with resume=True the
+    run goes on from it (the same run as one without a stop, on the same machine).
 
     Returns:
         model: the trained VAE.
@@ -295,7 +298,15 @@ def fit(config, device=None):
     metrics = dict(config=asdict(config), device=str(device), epoch=[], train_bpd=[], val_bpd=[], test_bpd=[],
                    seconds_per_epoch=[])
     samples = {0: sample_grid(model)}
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    if resume:
+        state = course_utils.load_training_state(checkpoint)
+        if {**state["metrics"]["config"], "epochs": config.epochs, "data_dir": config.data_dir} != asdict(config):
+            raise SystemExit(f"{checkpoint} was trained with other options: resume with the same ones.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        metrics, samples, first_epoch = state["metrics"], state["samples"], state["epoch"] + 1
+    for epoch in range(first_epoch, config.epochs + 1):
         batches = progress(train_loader, desc=f"epoch {epoch}/{config.epochs}", leave=False)
         start = time.perf_counter()
         train_bpd = train_vae(model, batches, optimizer)[0]
@@ -308,6 +319,9 @@ def fit(config, device=None):
               f"({seconds:.0f} s)", flush=True)
         if epoch in config.sample_epochs or epoch == config.epochs:
             samples[epoch] = sample_grid(model)
+        if checkpoint is not None:
+            course_utils.save_training_state(checkpoint, epoch=epoch, model=model.state_dict(),
+                                             optimizer=optimizer.state_dict(), metrics=metrics, samples=samples)
     return model, metrics, samples
 
 
@@ -376,10 +390,12 @@ def parse_config(argv=None):
                              f"{course_utils.DEFAULT_DATA_DIR})")
     parser.add_argument("--device", default=None, help="e.g. cpu or cuda (default: a GPU if there is one)")
     parser.add_argument("--out", default="runs/vae", help="output folder (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from <out>/checkpoint.pt, saved after every epoch (give the same options)")
     args = vars(parser.parse_args(argv))
-    out, device = Path(args.pop("out")), args.pop("device")
+    out, device, resume = Path(args.pop("out")), args.pop("device"), args.pop("resume")
     args["data_dir"] = str(course_utils.data_root(args["data_dir"]))
-    return VAEConfig(**args), out, device
+    return VAEConfig(**args), out, device, resume
 
 
 def save_results(out, model, metrics, samples):
@@ -418,11 +434,11 @@ def add_timings(metrics):
 
 
 def main(argv=None):
-    config, out, device = parse_config(argv)
+    config, out, device, resume = parse_config(argv)
     device = torch.device(device) if device else course_utils.default_device()
     warm_up(config, device)
     try:
-        model, metrics, samples = fit(config, device)
+        model, metrics, samples = fit(config, device, checkpoint=out / "checkpoint.pt", resume=resume)
     except course_utils.DataNotFoundError as error:
         raise SystemExit(f"error: {error}")
     add_timings(metrics)
