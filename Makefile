@@ -21,6 +21,8 @@ PUBLISH_SITE ?= $(word 3,$(PUBLISH_SETTINGS))
 # make formgrader: the port it tries first, and more options of jupyter lab (e.g. FORMGRADER_OPTIONS=--no-browser).
 FORMGRADER_PORT ?= 8888
 FORMGRADER_OPTIONS ?=
+# make collect ZIP=...: more options of python -m autograder.lms.collect (e.g. COLLECT_OPTIONS=--brightspace-user-id first).
+COLLECT_OPTIONS ?=
 
 # Data: ../shared/data where it exists (CI and development); otherwise the notebooks' default, ./data.
 ifneq ($(wildcard ../shared/data),)
@@ -88,7 +90,7 @@ ifeq ($(ZIP),)
 	cd $(COURSE) && for part in $$(ls release); do \
 		PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/nbgrader collect --update "$$part" || exit 1; done
 else
-	$(BIN)/python -m autograder.lms.collect "$(ZIP)" --course $(COURSE)
+	$(BIN)/python -m autograder.lms.collect "$(ZIP)" --course $(COURSE) $(COLLECT_OPTIONS)
 endif
 
 # JupyterLab in the course folder, on the formgrader: Jupyter prints its address with the token,

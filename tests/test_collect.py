@@ -240,6 +240,46 @@ def test_brightspace_keeps_the_newest_of_two_submissions(course, tmp_path):
     assert [entry for entry, _ in collection.refused] == [older]
 
 
+def brightspace_download(tmp_path, numbers, layout=" - "):
+    """A Brightspace download: one notebook per (first, second, person) of `numbers`, named <first>-<second>."""
+    download = tmp_path / "brightspace.zip"
+    download.write_bytes(zip_of([(f"{first}-{second} - {person.name} - Mar {day}, 2024 945 AM{layout}{FILE}",
+                                  notebook(f"{first}-{second}"))
+                                 for day, (first, second, person) in enumerate(numbers, start=1)]))
+    return download
+
+
+def test_brightspace_user_id_is_the_number_that_stays_one_students(course, tmp_path):
+    """Ann's two submissions share their first number: that one is her user id, in either layout (a file
+    named after its submission, or a folder per submission)."""
+    ann, bo = HONEST
+    download = brightspace_download(tmp_path, [("101", "7001", ann), ("101", "7002", ann), ("102", "7003", bo)],
+                                    layout="/")
+    collection = collect.collect(download, course)
+    assert {record["student_id"] for record in collection.records()} == {"brightspace_101", "brightspace_102"}
+    assert (course / "submitted" / "brightspace_101" / NOTEBOOK / FILE).read_bytes() == notebook("101-7002")
+    assert "first number" in collection.ids_note and "share it" in collection.ids_note
+
+
+def test_brightspace_user_id_differs_between_students_where_the_other_number_is_shared(course, tmp_path):
+    ann, bo = HONEST
+    collection = collect.collect(brightspace_download(tmp_path, [("397063", "101", ann), ("397063", "102", bo)]),
+                                 course)
+    assert {record["student_id"] for record in collection.records()} == {"brightspace_101", "brightspace_102"}
+    assert "second number" in collection.ids_note and "same for all" in collection.ids_note
+
+
+def test_brightspace_user_id_position_can_be_given_and_is_said_when_nothing_decides(course, tmp_path, capsys):
+    ann, bo = HONEST
+    download = brightspace_download(tmp_path, [("101", "7001", ann), ("102", "7002", bo)])
+    collect.main([str(download), "--course", str(course)])
+    out = capsys.readouterr().out
+    assert "collected part1_vae brightspace_7001 (Ann Lee)" in out
+    assert "nothing in the download tells; pass --brightspace-user-id first" in out
+    collect.main([str(download), "--course", str(course), "--brightspace-user-id", "first"])
+    assert "collected part1_vae brightspace_101 (Ann Lee)" in capsys.readouterr().out
+
+
 def test_collect_lists_what_it_did_not_take_and_names_no_files_it_was_not_given(course, tmp_path, capsys):
     download = tmp_path / "canvas.zip"
     download.write_bytes(zip_of([(entry("canvas", HONEST[0], FILE), notebook("101")),

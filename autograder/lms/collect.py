@@ -9,7 +9,9 @@ LMS writes them; the student's id comes from the LMS's own stable id, the name i
     canvas        <login>[_late]_<user id>_<submission id>_<file>            id canvas_<user id>
     moodle        <Full Name>_<participant id>_assignsubmission_file_/<file>  id moodle_<participant id>
                   (or ..._file_<file>, without folders)
-    brightspace   <submission>-<user id> - <Full Name> - <Mon D, YYYY HMM AM> - <file>   id brightspace_<user id>
+    brightspace   <a>-<b> - <Full Name> - <Mon D, YYYY HMM AM> - <file>   id brightspace_<user id>, the user id
+                  being the number of <a>-<b> that stays one student's (see Brightspace below); or the folder
+                  <a>-<b> - <Full Name> - <Mon D, YYYY HMM AM>/<file>
     blackboard    <Assignment>_<username>_attempt_<YYYY-MM-DD-HH-MM-SS>_<file>  id blackboard_<username>
                   (the name from Blackboard's <...>.txt receipt)
 
@@ -86,6 +88,7 @@ class Collection:
     """What collect() made of one download: the notebooks collected, and (entry, reason) for every file not."""
     notebooks: list = field(default_factory=list)
     refused: list = field(default_factory=list)
+    ids_note: str = None  # how the ids were read, when that rests on a choice (Brightspace)
 
     def records(self):
         """One submissions.csv row per assignment and student collected."""
@@ -139,6 +142,15 @@ class Lms:
         """A file the LMS adds to its download itself (an index, a receipt): neither collected nor refused."""
         return False
 
+    def for_download(self, names, user_id=None):
+        """This LMS as it reads the download whose member names are `names`; `user_id` says where the user id is
+        when the LMS's names leave it open (Brightspace's --brightspace-user-id)."""
+        return self
+
+    def how_ids_were_read(self):
+        """A line for the instructor when the ids rest on a choice (None when the names leave none)."""
+        return None
+
 
 class Canvas(Lms):
     name = "canvas"
@@ -161,13 +173,54 @@ class Moodle(Lms):
 
 
 class Brightspace(Lms):
+    """Brightspace names a submission <a>-<b> - <Full Name> - <date>, with two numbers of which one is the
+    student's user id and the other changes per submission (or per folder); which is which is documented nowhere
+    we could check, so the download itself decides where it can: the number that stays the same across one
+    student's submissions while the other changes, or the one that differs between students while the other is
+    the same for all. Where nothing decides (one submission per student, both numbers differing), `position`
+    (--brightspace-user-id, default second) does, and collect says so: check one id against the Classlist."""
     name = "brightspace"
-    pattern = re.compile(r"(?P<submission>\d+)-(?P<user_id>\d+) - (?P<full_name>[^/]+?) - "
-                         r"(?P<date>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M) - (?P<file>[^/]+)")
+    pattern = re.compile(r"(?P<first>\d+)-(?P<second>\d+) - (?P<full_name>[^/]+?) - "
+                         r"(?P<date>[A-Z][a-z]{2} \d{1,2}, \d{4} \d{3,4} [AP]M)(?: - |/)(?P<file>.+)")
+    POSITIONS = ("first", "second")
+
+    def __init__(self, position="second", evidence=None):
+        self.position, self.evidence = position, evidence
 
     def student(self, match, download):
         submitted = datetime.strptime(match["date"], "%b %d, %Y %I%M %p")
-        return self.named(match["user_id"], match["full_name"], submitted_at=submitted.isoformat())
+        return self.named(match[self.position], match["full_name"], submitted_at=submitted.isoformat())
+
+    def for_download(self, names, user_id=None):
+        if user_id is not None:
+            return Brightspace(user_id, "as --brightspace-user-id says")
+        found = self.position_in(self.pattern.fullmatch(name) for name in names)
+        if found is not None:
+            return Brightspace(*found)
+        return Brightspace(self.position, "nothing in the download tells; pass --brightspace-user-id first if "
+                                          "Brightspace's Classlist shows the first number as the user id")
+
+    def how_ids_were_read(self):
+        return f"brightspace ids: the {self.position} number of <a>-<b> is taken as the user id ({self.evidence})"
+
+    @classmethod
+    def position_in(cls, matches):
+        """(position, why) of the user id as the download shows it, or None when it does not."""
+        submissions = {(m["first"], m["second"], m["full_name"]) for m in matches if m is not None}
+        for position, other in (cls.POSITIONS, cls.POSITIONS[::-1]):
+            ids_by_name, others = {}, {}
+            for submission in submissions:
+                values = dict(zip(cls.POSITIONS, submission))
+                ids_by_name.setdefault(submission[2], set()).add(values[position])
+                others.setdefault(submission[2], set()).add(values[other])
+            ids = {value for values in ids_by_name.values() for value in values}
+            if len(ids_by_name) > 1 and len(ids) == 1:
+                continue  # the same for every student: not a user id
+            if any(len(ids_by_name[name]) == 1 < len(others[name]) for name in ids_by_name):
+                return position, "one student's submissions share it, the other number changes"
+            if len(ids_by_name) > 1 and len({value for values in others.values() for value in values}) == 1:
+                return position, "it differs between students, the other number is the same for all"
+        return None
 
     def is_metadata(self, member_name):
         return member_name == "index.html"
@@ -375,7 +428,7 @@ def released_assignments(course):
     return names
 
 
-def check_download(archive, staging, lms, released, assignment, limits):
+def check_download(archive, staging, lms, released, assignment, limits, user_id=None):
     """The Collection of the download `archive` (its notebooks staged in `staging`)."""
     try:
         with archives.open_zip(archive) as download:
@@ -385,13 +438,17 @@ def check_download(archive, staging, lms, released, assignment, limits):
                 raise SystemExit(f"{archive}: no file in it is named as Canvas, Moodle, Brightspace or Blackboard "
                                  f"name them (see `python -m autograder.lms.collect --help`); pass --lms if you "
                                  f"know which.")
-            return Reader(LMSS[lms], released, assignment, staging, limits).read_download(download)
+            lms = LMSS[lms].for_download(names, user_id)
+            collection = Reader(lms, released, assignment, staging, limits).read_download(download)
+            collection.ids_note = lms.how_ids_were_read()
+            return collection
     except Refused as refusal:
         raise SystemExit(f"{archive}: {refusal}; pass the zip you downloaded from the LMS") from refusal
 
 
-def collect(archive, course=COURSE, lms=None, assignment=None, limits=CollectLimits()):
-    """Collect the LMS download `archive` into `course`; return its Collection (what was and was not collected)."""
+def collect(archive, course=COURSE, lms=None, assignment=None, limits=CollectLimits(), user_id=None):
+    """Collect the LMS download `archive` into `course`; return its Collection (what was and was not collected).
+    `user_id`: where the user id is when the LMS's names leave it open (Brightspace: first or second)."""
     released = released_assignments(course)
     if assignment is not None and assignment not in released:
         raise SystemExit(f"{assignment} is not released in {course} (released: {', '.join(released)})")
@@ -399,7 +456,7 @@ def collect(archive, course=COURSE, lms=None, assignment=None, limits=CollectLim
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        collection = check_download(archive, staging, lms, released, assignment, limits)
+        collection = check_download(archive, staging, lms, released, assignment, limits, user_id)
         for name in sorted({notebook.assignment for notebook in collection.notebooks}):
             zip_collect(course, name, archive, [n for n in collection.notebooks if n.assignment == name])
     finally:
@@ -423,11 +480,17 @@ def main(argv=None):
                         help="most one file may unpack to (default %(default)g)")
     parser.add_argument("--max-members", type=int, default=defaults.members,
                         help="most files the download and the students' archives may hold (default %(default)d)")
+    parser.add_argument("--brightspace-user-id", choices=Brightspace.POSITIONS,
+                        help="which number of Brightspace's <a>-<b> is the user id (default: what the download "
+                             "shows, else second)")
     args = parser.parse_args(argv)
     if not args.zip.is_file():
         sys.exit(f"{args.zip}: no such file; pass the zip you downloaded from the LMS")
     limits = CollectLimits(int(args.max_total_mib * 2**20), int(args.max_member_mib * 2**20), args.max_members)
-    collection = collect(args.zip.resolve(), args.course.resolve(), args.lms, args.assignment, limits)
+    collection = collect(args.zip.resolve(), args.course.resolve(), args.lms, args.assignment, limits,
+                         args.brightspace_user_id)
+    if collection.ids_note:
+        print(collection.ids_note)
     for record in collection.records():
         late = " (late)" if record["late"] == "yes" else ""
         name = " ".join(part for part in (record["first_name"], record["last_name"]) if part)
