@@ -15,6 +15,10 @@ class Limits:
     cell_seconds: int = 60  # wall time of one cell (nbgrader's Execute.timeout)
     notebook_seconds: int = 600  # wall time of the whole notebook, start-up included
     output_characters: int = 100_000  # kept of each output text (TruncateLongOutputs)
+    # Kept of the whole notebook's outputs as they arrive (preprocessors.ExecuteWithinLimits), later ones dropped
+    # but for each cell's first error: a count, and bytes as JSON once texts are cut, nested data and metadata too.
+    notebook_outputs: int = 2_000
+    notebook_output_bytes: int = 4 * 2**20
     submission_bytes: int = 50 * 2**20  # of one submitted notebook file
 
 

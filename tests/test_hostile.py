@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +19,7 @@ import torch
 import yaml
 
 from autograder import examples, notebooks
-from autograder.grading import coordinator, records
+from autograder.grading import coordinator, records, worker
 from autograder.course import ROOT
 
 NOTEBOOK = "part1_vae"
@@ -29,6 +30,11 @@ LIMITS = ["--jobs", "2", "--memory-gib", "2", "--cell-seconds", "20", "--noteboo
 CONTROLS = {"zz_control_reference": "reference", "zz_control_kld_mean": "kld_mean"}  # graded last
 NESTED_MARKDOWN = "[" * 20000 + "x" + "]" * 20000
 MARKER = "dgm-hostile"  # in the command line of processes that must not outlive grading
+# In the grader's environment during the hostile batch: no file the batch writes may show the value.
+GRADER_SECRETS = ("NVIDIA_API_KEY", "AWS_SECRET_ACCESS_KEY", "DGM_UPLOAD_TOKEN")
+SECRET = "dgm-secret-" + uuid.uuid4().hex
+STDERR_READ = 2**20  # of a worker's stderr, read back: more is a flood that reached it
+SMALL_FILE_BYTES = 2 * 2**20  # an autograded notebook, feedback page or log of a flooding submission
 
 
 def corpus():
@@ -59,6 +65,8 @@ def apply(notebook, edit, port):
         notebook.cells.insert(index_of(notebook, edit["after"]) + 1, cell)
     elif "delete_cell" in edit:
         del notebook.cells[index_of(notebook, edit["delete_cell"])]
+    elif "cell_metadata" in edit:
+        notebook.cells[index_of(notebook, edit["cell_metadata"])].metadata.nbgrader.update(edit["nbgrader"])
     elif "metadata" in edit:
         notebook.metadata.update(edit["metadata"])
     else:
@@ -150,11 +158,23 @@ def graded(fresh_build, tmp_path_factory):
                  ROOT / "autograder", ROOT / "assignment", Path(torch.__file__).parent / "__init__.py"]
     before = tree_hashes(*protected)
     started = time.perf_counter()
-    coordinator.main(["--course", str(course), NOTEBOOK, *LIMITS])
+    worker_stderr = []  # what each grading worker's stderr (a file on the host's disk) held when it closed
+    real_close = worker.Worker.close
+
+    def close(self):
+        self.errors.seek(0)
+        worker_stderr.append(self.errors.read(STDERR_READ))
+        real_close(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in GRADER_SECRETS:
+            patch.setenv(name, SECRET)
+        patch.setattr(worker.Worker, "close", close)
+        coordinator.main(["--course", str(course), NOTEBOOK, *LIMITS])
     print(f"hostile batch: {time.perf_counter() - started:.0f} s")
     listener.socket.close()
     return SimpleNamespace(course=course, clean=clean, listener=listener, protected=protected, before=before,
-                           report=records.read_report(course))
+                           report=records.read_report(course), worker_stderr=worker_stderr)
 
 
 @pytest.mark.parametrize("entry", corpus(), ids=lambda entry: entry["student"])
@@ -203,6 +223,33 @@ def test_a_huge_output_makes_no_huge_file(graded):
     for folder in ("autograded", "feedback"):
         for path in (graded.course / folder / "huge_output").rglob("*"):
             assert path.stat().st_size < 2 * 2**20
+
+
+@pytest.mark.parametrize("entry", [entry for entry in corpus() if entry.get("small_files")],
+                         ids=lambda entry: entry["student"])
+def test_a_flood_of_outputs_makes_no_big_file(graded, entry):
+    """Many small outputs, big nested data and metadata, writes to file descriptors: every file grading writes of
+    the submission stays small (the notebook's outputs are capped in total, not only each)."""
+    files = [path for folder in ("autograded", "feedback", "logs") for path in
+             (graded.course / folder / entry["student"]).rglob("*") if path.is_file()]
+    assert len(files) >= 2 and {path.name: path.stat().st_size for path in files if
+                                path.stat().st_size > SMALL_FILE_BYTES} == {}
+
+
+def test_nothing_a_kernel_writes_reaches_the_graders_stderr(graded):
+    """Student code writing to its file descriptors 1 and 2 or to /proc/1/fd/* reaches no stream of the grader's
+    (each worker's stderr is a file on the host's disk)."""
+    assert graded.worker_stderr and all(len(errors) < STDERR_READ and b"flood" not in errors
+                                        for errors in graded.worker_stderr)
+
+
+def test_no_file_shows_the_graders_secrets(graded):
+    """Tokens in the grader's environment (NVIDIA_API_KEY...) reach no kernel: no output, feedback page or log
+    shows them, whatever a submission prints of its environment and of every process's it can see."""
+    assert "environ:" in (graded.course / "autograded" / "grader_secrets" / NOTEBOOK / f"{NOTEBOOK}.ipynb").read_text()
+    leaks = [str(path) for folder in ("autograded", "feedback", "logs") for path in (graded.course / folder).rglob("*")
+             if path.is_file() and SECRET.encode() in path.read_bytes()]
+    assert leaks == []
 
 
 def test_nothing_reached_the_loopback_and_no_process_survives(graded):

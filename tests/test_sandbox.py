@@ -19,6 +19,8 @@ from nbgrader.apps import NbGraderAPI
 from traitlets.config import Config
 from traitlets.config.loader import KVArgParseConfigLoader
 
+from autograder.grading import unit
+from autograder.grading.job import Job
 from autograder.grading.unit import WorkerState
 from autograder.grading.worker import Worker
 from autograder.limits import Limits
@@ -131,6 +133,30 @@ def test_home_shows_only_the_interpreter(kernel):
     assert printed == f"{sorted(needed)}\n"
 
 
+def test_an_environment_reached_through_a_link_in_tmp_works(tmp_path, monkeypatch, zygote):
+    """A grader whose Python environment is reached through a symbolic link in /tmp, which the sandbox replaces
+    with a private one, and whose target is in the hidden repository: the kernel starts from the link, finds its
+    packages below the link's sys.prefix, and cannot write there; in a sandbox of its own, and forked from a
+    zygote started the same way."""
+    link = tmp_path / "env"
+    link.symlink_to(Path(sys.prefix).resolve())
+    executable = str(link / Path(sys.executable).relative_to(sys.prefix))
+    for name, value in (("executable", executable), ("prefix", str(link)), ("exec_prefix", str(link))):
+        monkeypatch.setattr(sys, name, value)
+    assert str(link) in bwrap.needed_paths()
+    server = kernelspec.Zygote([ROOT]) if zygote is not None else None
+    try:
+        kernel = Kernel(tmp_path, server)
+        printed, error = kernel.run("import numpy, sys\n"
+                                    "print(numpy.arange(3).sum(), sys.executable, sys.prefix)\n"
+                                    f"open({str(link / 'x')!r}, 'w')")
+        kernel.shutdown()
+    finally:
+        if server is not None:
+            server.close()
+    assert (printed, error) == (f"3 {executable} {link}\n", "OSError")
+
+
 def test_the_host_tmp_is_invisible(kernel, tmp_path):
     (tmp_path / "secret.txt").write_text("secret")
     printed, _ = kernel.run(f"import os; print(os.path.exists({str(tmp_path / 'secret.txt')!r}))")
@@ -214,9 +240,9 @@ def test_what_the_kernel_writes_below_sys_stdout_stays_off_the_graders_streams(t
 
 def test_a_kernel_that_dies_says_why_in_its_events(tmp_path, zygote):
     """The last line a kernel that died wrote to its own stderr (read with a cap, whatever it wrote before) is in
-    its events, e.g. the error that stopped it at start-up, before it could answer nbgrader; none of its
-    output reaches the launcher's streams."""
-    state, workdir = tmp_path / "state", tmp_path / "work"
+    its events, e.g. the error that stopped it at start-up, before it could answer nbgrader, and so in the
+    reason the grading report gives; none of its output reaches the launcher's streams."""
+    state, workdir = tmp_path / unit.SANDBOX_STATE, tmp_path / "work"  # where a grading job keeps them
     workdir.mkdir()
     kernelspec.nbgrader_launch(Limits(), state, [ROOT], zygote)
     spec = json.loads((state / "jupyter" / "kernels" / kernelspec.KERNEL_NAME / "kernel.json").read_text())
@@ -234,6 +260,11 @@ def test_a_kernel_that_dies_says_why_in_its_events(tmp_path, zygote):
                          env={**os.environ, **spec["env"]}, capture_output=True, timeout=120)
     assert (run.returncode, run.stdout, run.stderr) == (1, b"", b"")
     assert kernelspec.kernel_events(state) == ["kernel died (exit code 1): ModuleNotFoundError: no kernel here"]
+    job = Job("toy", "alice", source={}, release={}, submission={})
+    nbgrader_log = ("[ERROR] Kernel died before replying to kernel_info\n"
+                    "nbclient.exceptions.DeadKernelError: Kernel died")
+    assert unit.failure_reason(job, tmp_path, nbgrader_log, nbformat.v4.new_notebook()) == (
+        "kernel died (exit code 1): ModuleNotFoundError: no kernel here; kernel died")
 
 
 @pytest.mark.skipif(not Cgroups.usable("pids") and os.geteuid() == 0,

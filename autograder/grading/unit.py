@@ -8,6 +8,7 @@ kernel runs sandboxed (autograder/sandbox), forked from the worker's zygote. The
 wall-time limit (worker.Worker); this side logs which cell runs, so that a notebook stopped for time says where.
 """
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -21,6 +22,7 @@ import nbformat
 
 from .. import notebooks, tamper
 from ..course import ROOT, nbgrader_config
+from ..preprocessors import OUTPUTS_CUT, readable_size
 from ..sandbox import kernelspec as sandbox
 from .job import Job, Result
 from .submission import Refused, checked_submission, read_submission
@@ -124,13 +126,13 @@ def autograde(job, workdir, state):
     outcome = run_autograde(job, course, workdir, state)
     log = outcome.get("log", "") + outcome.get("error", "")
     if not outcome["success"]:
-        events, where = where_it_stopped(job, workdir, submitted)
-        return Result.failed(job, "; ".join([*events, failure_cause(log) + where]), log=log)
+        return Result.failed(job, failure_reason(job, workdir, log, submitted), log=log)
 
     executed = nbformat.read(course / "autograded" / job.student / job.assignment / job.notebook, as_version=4)
+    cut = executed.metadata.pop(OUTPUTS_CUT, None)
     evidence, autograded = tamper_check(executed, submitted, source, nonce)
     notes = [f"timed out in {where} (over {job.limits.cell_seconds} s)"
-             for where in timed_out_cells(executed, submitted)]
+             for where in timed_out_cells(executed, submitted)] + outputs_cut(cut, submitted)
     flags = ["tampering: " + item for item in evidence] + suspicions
     log += "".join(f"\n{line}" for line in [*kernel_events(job, workdir), *flags, *notes])
     return Result.of(job, "flagged" if flags else "ok", "; ".join(flags + notes), log=log,
@@ -163,13 +165,22 @@ def run_autograde(job, course, workdir, state):
     """nbgrader autograde of the job's student in the private `course`, under the job's limits; nbgrader's
     outcome ({"success", "log", "error"})."""
     from nbgrader.apps import NbGraderAPI
+    from nbgrader.preprocessors import Execute
     from traitlets.config.loader import KVArgParseConfigLoader
+
+    from ..preprocessors import ExecuteWithinLimits
 
     options, variables = sandbox_launch(job, workdir, state)
     config = nbgrader_config(course)
     config.merge(KVArgParseConfigLoader(argv=options).load_config())
     config.Execute.timeout = job.limits.cell_seconds
     config.TruncateLongOutputs.max_characters = job.limits.output_characters
+    # nbgrader's Execute, keeping a bounded total of outputs as they come (preprocessors.ExecuteWithinLimits)
+    config.Autograde.autograde_preprocessors = [ExecuteWithinLimits if step is Execute else step
+                                                for step in config.Autograde.autograde_preprocessors]
+    config.ExecuteWithinLimits.max_outputs = job.limits.notebook_outputs
+    config.ExecuteWithinLimits.max_output_bytes = job.limits.notebook_output_bytes
+    config.ExecuteWithinLimits.max_characters = job.limits.output_characters
     progress = workdir / PROGRESS
     config.Execute.on_cell_start = lambda cell, cell_index: log_progress(progress, "start", cell)
     config.Execute.on_cell_complete = lambda cell, cell_index: log_progress(progress, "end", cell)
@@ -261,14 +272,52 @@ def where_it_stopped(job, workdir, submitted=None):
     return events, f" in {running}" if running else ""
 
 
-def failure_cause(error):
-    """Why nbgrader could not autograde the notebook, from its log and error."""
+def failure_reason(job, workdir, log, submitted):
+    """The reason of a notebook nbgrader could not autograde: what happened to its kernels (a kernel that died
+    says its last line on stderr), then the cause nbgrader's `log` names and the cell it stopped in."""
+    events, where = where_it_stopped(job, workdir, submitted)
+    return "; ".join([*events, failure_cause(log, submitted) + where])
+
+
+def failure_cause(error, submitted=None):
+    """Why nbgrader could not autograde the notebook, from its log and error: the cause its traceback names, by
+    cell where it names one (in the `submitted` notebook), never its closing 'see the above traceback'."""
     if "DeadKernelError" in error or "Kernel died" in error:
         return "kernel died"
     if "CellTimeoutError" in error or "TimeoutError" in error:  # e.g. a cell that ignores interrupts
         return "timed out"
-    last = [line for line in error.strip().splitlines() if line.strip()]
-    return f"nbgrader could not autograde it: {last[-1][:300] if last else 'no error message'}"
+    if found := re.findall(r"Inconsistent checksums for cell ([\w.-]+)$", error, re.MULTILINE):
+        grade_id = found[-1]
+        return (f"{cell_label_by_grade_id(submitted, grade_id)}: nbgrader cannot restore it from the assignment, "
+                f"its nbgrader metadata was changed (nbgrader: Inconsistent checksums for cell {grade_id}); ask "
+                f"the student to start from the release and copy the answers in")
+    last = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    # nbgrader ends with "There was an error processing ...", "Please see the above traceback ...": the cause is the
+    # last exception its tracebacks show
+    raised = [line for line in last if re.match(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b.*:", line)
+              and "above traceback" not in line]
+    chosen = raised or last
+    return f"nbgrader could not autograde it: {chosen[-1][:300] if chosen else 'no error message'}"
+
+
+def cell_label_by_grade_id(notebook, grade_id):
+    """cell_label of the cell of `notebook` with that grade_id ('cell test_kld' without the notebook or the cell)."""
+    for index, cell in enumerate(notebook.cells if notebook is not None else []):
+        if notebooks.nbgrader_of(cell).get("grade_id") == grade_id:
+            return notebooks.cell_label(cell, index)
+    return f"cell {grade_id}"
+
+
+def outputs_cut(cut, submitted):
+    """['outputs cut: 19,900 of 20,000 outputs dropped after the notebook's limit of 2,000 outputs / 4 MiB, in
+    cell 5 (sample_reparameterize)'] from what ExecuteWithinLimits wrote in the executed notebook's metadata;
+    [] when it cut nothing."""
+    if not cut:
+        return []
+    cells = [notebooks.cell_label_by_id(submitted, cell_id) or (f"cell {grade_id}" if grade_id else "a cell")
+             for cell_id, grade_id in cut["cells"]]
+    return [f"outputs cut: {cut['dropped']:,} of {cut['outputs']:,} outputs dropped after the notebook's limit "
+            f"of {cut['max_outputs']:,} outputs / {readable_size(cut['max_bytes'])}, in {', '.join(cells)}"]
 
 
 def timed_out_cells(executed, submitted):

@@ -6,7 +6,6 @@ kernel's environment. Both sides use it: the grader (kernelspec.py, for the zygo
 import base64
 import os
 import sys
-from pathlib import Path
 
 PRIVATE_TMP = "/tmp"  # inside the sandbox: an empty tmpfs of its own over the host's /tmp
 PRIVATE_SHM = "/dev/shm"  # POSIX shared memory: a fresh tmpfs in every kernel forked from a zygote
@@ -38,10 +37,33 @@ def home_folder():
 
 
 def needed_paths():
-    """What the kernel must read even where it lies in a hidden path: the interpreter's environment, the data."""
-    paths = {Path(sys.prefix), Path(sys.base_prefix)}
-    paths.update(Path(os.environ[name]) for name in NEEDED_VARIABLES if os.environ.get(name))
-    return sorted(path.resolve() for path in paths if path.exists())
+    """What the kernel must read even where it lies in a hidden path or a private folder (an environment under
+    /tmp or $HOME): the interpreter's environments (sys.prefix, sys.base_prefix, their site-packages, the folders
+    of the links that lead from sys.executable to the interpreter), the data. Each at its real path and, where a
+    symbolic link leads to it, at the path it is reached by too (the kernel starts as sys.executable and finds its
+    packages below sys.prefix, as the grader does); sorted, none inside another."""
+    import site
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages(),
+             *map(os.path.dirname, link_chain(sys.executable))}
+    paths.update(os.environ[name] for name in NEEDED_VARIABLES if os.environ.get(name))
+    found = set()
+    for path in map(os.path.abspath, paths):
+        if os.path.exists(path):
+            found.update({path, os.path.realpath(path)})
+    return sorted(path for path in found if not any(path != other and is_inside(path, other) for other in found))
+
+
+def link_chain(path):
+    """`path` and every path its symbolic links lead through, to the file itself (absolute, not resolved)."""
+    chain = [os.path.abspath(path)]
+    while os.path.islink(chain[-1]) and len(chain) < 40:
+        chain.append(os.path.normpath(os.path.join(os.path.dirname(chain[-1]), os.readlink(chain[-1]))))
+    return chain
+
+
+def is_inside(path, folder):
+    return os.path.commonpath([path, folder]) == folder
 
 
 def kernel_environment():
@@ -61,8 +83,12 @@ def file_system(memory_bytes, hidden, needed):
         options += ["--perms", "0700", "--size", memory, "--tmpfs", private]
     for path in hidden:
         options += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    # A needed path reached through a link is bound where the sandbox replaced what held it (the private folders,
+    # the hidden ones); elsewhere the host's link shows, and leads to the real path, bound too.
+    replaced = [PRIVATE_TMP, home_folder(), *hidden]
     for path in needed:
-        options += ["--ro-bind", path, path]
+        if os.path.realpath(path) == path or any(is_inside(path, folder) for folder in replaced):
+            options += ["--ro-bind", path, path]
     return options
 
 
