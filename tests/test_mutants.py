@@ -63,6 +63,66 @@ def test_mutants_change_only_the_solution_and_compile():
         compile(mutant.source, "mutant", "exec")
 
 
+def solution_mutants(code, operator):
+    """The mutants that `operator` makes of `code`, a solution (its source, the markers dropped)."""
+    source = f"{mutants.notebooks.SOLUTION_MARKERS[0]}\n{code}\n{mutants.notebooks.SOLUTION_MARKERS[1]}\n"
+    found = [mutant for mutant in mutants.mutants_of("f", source) if mutant.operator == operator]
+    for mutant in found:
+        compile(mutant.source, "mutant", "exec")
+    return {mutant.source for mutant in found}
+
+
+# (operator, solution code, a mutant it must make of it, code of the same kind it must leave alone)
+CONTRACT_MISTAKES = [
+    ("dimension argument dropped", "y = x.squeeze(1)", "y = x.squeeze()", "y = x.squeeze(dim=1)"),
+    ("dimension argument dropped", "y = torch.squeeze(x, 1)", "y = torch.squeeze(x)", "y = torch.squeeze(x)"),
+    ("dimension argument dropped", "y = x.flatten(1)", "y = x.flatten()", "y = self.squeeze(1)"),
+    ("dimension counted from the other end", "p = F.softmax(s, dim=-1)", "p = F.softmax(s, dim=1)",
+     "z = torch.cat([x, y], dim=-1)"),
+    ("dimension counted from the other end", "p = s.sum(dim=1)", "p = s.sum(dim=-1)", "p = s.sum(dim=0)"),
+    ("numerically naive form", "y = F.logsigmoid(x)", "y = torch.log(torch.sigmoid(x))", "y = torch.sigmoid(x)"),
+    ("numerically naive form", "y = F.softplus(x)", "y = torch.log(1 + torch.exp(x))", "y = F.softplus(x, beta=2)"),
+    ("numerically naive form", "y = x.log_softmax(dim=1)", "y = torch.log(torch.softmax(x, dim=1))",
+     "y = self.log_softmax(x)"),
+    ("numerically naive form", "y = torch.logsumexp(x, -1)", "y = torch.log(torch.sum(torch.exp(x), -1))",
+     "y = torch.log(x)"),
+    ("numerically naive form", "p = F.softmax(s, dim=-1)",
+     "p = (torch.exp(s) / torch.sum(torch.exp(s), dim=-1, keepdim=True))", "p = F.softmax(f(s), dim=-1)"),
+    ("numerically naive form", "l = F.binary_cross_entropy_with_logits(y, t, reduction='sum')",
+     "l = F.binary_cross_entropy(torch.sigmoid(y), t, reduction='sum')", "l = F.binary_cross_entropy(y, t)"),
+    ("numerically naive form", "l = F.cross_entropy(y, t)", "l = F.nll_loss(torch.log(torch.softmax(y, dim=1)), t)",
+     "l = F.nll_loss(y, t)"),
+    ("device and dtype of the input lost", "e = torch.randn_like(std)", "e = torch.randn(std.shape)",
+     "e = torch.randn(3, device=d)"),
+    ("device and dtype of the input lost", "o = torch.full_like(x, 2.0)", "o = torch.full(x.shape, 2.0)",
+     "o = x.new_ones(3)"),
+    ("training mode assumed", "y = F.dropout(x, 0.1, training=self.training)", "y = F.dropout(x, 0.1, training=True)",
+     "self.training = False"),
+    ("dropout on in evaluation", "y = self.attn_dropout(w)", "y = torch.nn.functional.dropout(w, self.attn_dropout.p)",
+     "y = self.attn(w)"),
+    ("gradient cut (.detach() added)", "l = F.mse_loss(y, x)", "l = F.mse_loss(y.detach(), x)", "l = F.relu(y)"),
+    ("no_grad removed", "with torch.no_grad():\n    y = f(x)", "if True:\n    y = f(x)",
+     "with open(p) as f:\n    y = f(x)"),
+    ("no_grad removed", "@torch.no_grad()\ndef f(x):\n    return x", "def f(x):\n    return x",
+     "@staticmethod\ndef f(x):\n    return x"),
+    ("only the first parameter or group", "for g in optimizer.param_groups:\n    g['lr'] = lr",
+     "for g in list(optimizer.param_groups)[:1]:\n    g['lr'] = lr", "optimizer.param_groups[0]['lr'] = lr"),
+    ("only the first parameter or group", "clip_grad_norm_(model.parameters(), 1.0)",
+     "clip_grad_norm_(list(model.parameters())[:1], 1.0)", "device = next(model.parameters()).device"),
+    ("only the first parameter or group", "o = torch.optim.AdamW(groups, lr=lr)",
+     "o = torch.optim.AdamW(list(groups)[:1], lr=lr)", "s = torch.optim.lr_scheduler.StepLR(o, 1)"),
+    ("kept dimension indexed away", "k = v[:, [-1]]", "k = v[:, -1]", "k = v[:, -1]"),
+    ("batch dimension indexed", "y = x[:, -1, :]", "y = x[-1, :]", "y = x[1:, -1]"),
+]
+
+
+@pytest.mark.parametrize("operator, code, expected, unrelated", CONTRACT_MISTAKES,
+                         ids=[f"{case[0]}: {case[1]}" for case in CONTRACT_MISTAKES])
+def test_mistakes_right_only_on_usual_inputs_are_made_where_their_pattern_is(operator, code, expected, unrelated):
+    assert expected in solution_mutants(code, operator), f"{operator!r} misses {code!r} -> {expected!r}"
+    assert not solution_mutants(unrelated, operator), f"{operator!r} changes {unrelated!r}"
+
+
 def test_equivalent_mutants_are_reviewed():
     for notebook in NOTEBOOKS:
         for (exercise, diff), reason in mutants.equivalents(notebook).items():

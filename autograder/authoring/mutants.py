@@ -6,8 +6,13 @@
 
 A mutant is the reference solution of one exercise with one small change a student could make: an operator,
 a constant or a dimension off by one, a statement or a call dropped (`detach`, `zero_grad`, `.to(device)`,
-`model.train()`...), arguments swapped, a reduction or an activation changed, removed or added. Only the lines
-between the solution markers change. Each mutant runs in its own process, without nbgrader: the notebook up to
+`model.train()`...), arguments swapped, a reduction or an activation changed, removed or added; and mistakes that
+are right on the inputs tests tend to use only: a squeeze or a reduction over every dimension (a batch of one), a
+`dim` counted from the other end, the batch dimension indexed, dropout or `self.training` on in evaluation, a
+factory that loses its input's device and dtype (`randn_like(x)` -> `randn(x.shape)`), the numerically naive form
+of a stable function (`log(sigmoid(x))`, `log(softmax)`, `binary_cross_entropy(sigmoid(x))`), `no_grad` dropped,
+a loss's prediction detached, only the first parameter or parameter group. Only the lines between the solution
+markers change. Each mutant runs in its own process, without nbgrader: the notebook up to
 the exercise (the reference solutions, training cells skipped as under autograding), the mutated solution cell,
 and the cells up to that exercise's last test cell. A mutant is *killed* when one of its test cells fails (or
 runs past the time limit), and *survives* when they all pass: a mistake the tests cannot see.
@@ -55,6 +60,35 @@ BINARY_OPERATORS = {ast.Add: ("+", "-"), ast.Sub: ("-", "+"), ast.Mult: ("*", "/
                     ast.FloorDiv: ("//", "/"), ast.Pow: ("**", "*"), ast.MatMult: ("@", "*")}
 COMPARISONS = {ast.Lt: ("<", "<="), ast.LtE: ("<=", "<"), ast.Gt: (">", ">="), ast.GtE: (">=", ">"),
                ast.Eq: ("==", "!="), ast.NotEq: ("!=", "==")}
+
+# Mistakes that pass on the inputs tests tend to use and fail on others the exercise allows (a batch of one,
+# evaluation mode, another device or dtype, extreme values, several parameter groups):
+# calls whose positional dimension arguments, dropped, make them act on every dimension, the batch's included;
+ALL_DIMENSIONS = {"squeeze", "flatten", "sum", "mean", "prod", "amax", "amin", "std", "var"}
+# calls that reduce or normalize over a dimension, whose `dim=` counted from the other end is right for one rank
+# only (softmax(dim=-1) -> softmax(dim=1));
+REDUCTIONS = {"sum", "mean", "prod", "amax", "amin", "max", "min", "argmax", "argmin", "std", "var", "norm",
+              "logsumexp", "softmax", "log_softmax", "topk", "cumsum"}
+DIMENSION_FLIPS = {-1: 1, 1: -1}
+# numerically naive forms of stable functions, by the function's name: {x} its input, {rest} its other arguments
+# (", ..."), {module} the module it is called from (F); input and rest as in the function form for a method call;
+NAIVE_FORMS = {
+    "logsigmoid": "torch.log(torch.sigmoid({x}))",
+    "softplus": "torch.log(1 + torch.exp({x}))",
+    "log_softmax": "torch.log(torch.softmax({x}{rest}))",
+    "softmax": "(torch.exp({x}) / torch.sum(torch.exp({x}){rest}, keepdim=True))",
+    "logsumexp": "torch.log(torch.sum(torch.exp({x}){rest}))",
+    "binary_cross_entropy_with_logits": "{module}.binary_cross_entropy(torch.sigmoid({x}){rest})",
+    "cross_entropy": "{module}.nll_loss(torch.log(torch.softmax({x}, dim=1)){rest})",
+}
+# factories that take the device and dtype of their input -> the plain factory of its shape (CPU, default dtype);
+LIKE_FACTORIES = {f"{name}_like": name for name in ("randn", "rand", "zeros", "ones", "empty", "full")}
+# context managers and decorators that turn gradient tracking off;
+NO_GRAD = {"no_grad", "inference_mode"}
+# functional losses by a word of their name (mse_loss, cross_entropy), whose prediction, detached, trains nothing;
+LOSS_WORDS = ("loss", "entropy")
+# what an optimizer, a loop or a call gets when it sees only the first of several parameters or groups.
+FIRST_ONLY = "list({})[:1]"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,6 +144,7 @@ class Mutator(ast.NodeVisitor):
     def __init__(self, text, lines):
         self.text, self.lines, self.edits = text, lines, []
         self.signed = set()  # constants under a minus sign
+        self.advanced = set()  # iterators advanced by next() or iter(): next(model.parameters()) stays whole
 
     def inside(self, node):
         return all(line in self.lines for line in range(node.lineno, node.end_lineno + 1))
@@ -186,6 +221,8 @@ class Mutator(ast.NodeVisitor):
         if node.attr in SWAPS:
             start = self.text.end(node) - len(node.attr)
             self.edit(start, self.text.end(node), SWAPS[node.attr], "name swapped")
+        if node.attr == "training" and isinstance(node.ctx, ast.Load):  # self.training -> True
+            self.replace(node, "True", "training mode assumed")
 
     def mutate_Call(self, node):
         arguments = [*node.args, *node.keywords]
@@ -207,6 +244,7 @@ class Mutator(ast.NodeVisitor):
         if self.is_sequential(node) and node.args:
             end = self.text.end(node.args[-1])
             self.edit(end, end, ", nn.ReLU()", "activation added")
+        self.contract_mistakes(node)
 
     @staticmethod
     def is_sequential(node):
@@ -231,12 +269,140 @@ class Mutator(ast.NodeVisitor):
             return
         self.replace(node, "pass", "statement removed")
 
+    # mistakes right on the usual inputs only
+    def contract_mistakes(self, node):
+        name = call_name(node)
+        if name in ("next", "iter"):
+            self.advanced.update(id(argument) for argument in node.args)
+        if not isinstance(node.func, ast.Attribute) or any(isinstance(a, ast.Starred) for a in node.args):
+            return
+        function = is_module(node.func.value)  # F.softmax(x, dim=-1), else a method: x.softmax(dim=-1)
+        kept = node.args[:1] if function else []
+        if name in ALL_DIMENSIONS and len(node.args) > len(kept) and is_tensor_call(node):
+            self.replace(node, self.call_text(node, kept), "dimension argument dropped")  # x.squeeze(1) -> x.squeeze()
+        for keyword in node.keywords if name in REDUCTIONS else []:
+            if keyword.arg == "dim" and integer(keyword.value) in DIMENSION_FLIPS:
+                flipped = str(DIMENSION_FLIPS[integer(keyword.value)])
+                self.replace(keyword.value, flipped, "dimension counted from the other end")
+        if name in NAIVE_FORMS and is_tensor_call(node):
+            self.naive_form(node, function)
+        if name in LIKE_FACTORIES and function and node.args:  # torch.randn_like(x) -> torch.randn(x.shape)
+            factory = self.text.text(node.func)[:-len(name)] + LIKE_FACTORIES[name]
+            shape = f"{self.text.operand(node.args[0])}.shape"
+            self.replace(node, self.call_text(node, [shape, *node.args[1:]], factory),
+                         "device and dtype of the input lost")
+        if is_dropout_module(node) and len(node.args) == 1 and not node.keywords:  # self.drop(x) -> F.dropout(x, p)
+            self.replace(node, f"torch.nn.functional.dropout({self.text.text(node.args[0])}, "
+                               f"{self.text.text(node.func)}.p)", "dropout on in evaluation")
+        if function and any(word in name for word in LOSS_WORDS) and node.args:  # F.mse_loss(y.detach(), x)
+            self.replace(node.args[0], f"{self.text.operand(node.args[0])}.detach()", "gradient cut (.detach() added)")
+        if name in ("parameters", "named_parameters") and id(node) not in self.advanced:
+            self.first_only(node)
+        if function and self.text.text(node.func.value).split(".")[-1] == "optim" and node.args:  # AdamW(groups)
+            self.first_only(node.args[0])
+
+    def naive_form(self, node, function):
+        """F.logsigmoid(x) -> torch.log(torch.sigmoid(x)); x.log_softmax(1) -> torch.log(torch.softmax(x, 1))."""
+        template = NAIVE_FORMS[call_name(node)]
+        x = node.args[0] if function else node.func.value
+        rest = [*(node.args[1:] if function else node.args), *node.keywords]
+        if ("{module}" in template and not function) or ("{rest}" not in template and rest):
+            return  # methods have no module; the naive form has no place for other arguments (softplus's beta)
+        if template.count("{x}") > 1 and not is_plain(x):
+            return  # an input evaluated twice must be one without side effects
+        self.replace(node, template.format(
+            x=self.text.operand(x), rest="".join(f", {self.text.text(a)}" for a in rest),
+            module=self.text.text(node.func.value) if function else ""), "numerically naive form")
+
+    def first_only(self, node):
+        self.replace(node, FIRST_ONLY.format(self.text.text(node)), "only the first parameter or group")
+
+    def call_text(self, node, arguments, function=None):
+        """The call's text with these arguments (texts or nodes) and its keywords, by `function` or its own."""
+        texts = [a if isinstance(a, str) else self.text.text(a) for a in [*arguments, *node.keywords]]
+        return f"{function or self.text.text(node.func)}({', '.join(texts)})"
+
+    def iterated(self, iterable):
+        if isinstance(iterable, ast.Attribute) and iterable.attr == "param_groups":
+            self.first_only(iterable)  # for group in optimizer.param_groups -> list(optimizer.param_groups)[:1]
+
+    def mutate_For(self, node):
+        self.iterated(node.iter)
+
+    def mutate_comprehension_loops(self, node):
+        for generator in node.generators:
+            self.iterated(generator.iter)
+
+    mutate_ListComp = mutate_SetComp = mutate_DictComp = mutate_GeneratorExp = mutate_comprehension_loops
+
+    def mutate_Subscript(self, node):
+        elements = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        for element in elements:  # x[:, [-1]] -> x[:, -1]: the kept dimension indexed away
+            if isinstance(element, ast.List) and len(element.elts) == 1:
+                self.replace(element, self.text.text(element.elts[0]), "kept dimension indexed away")
+        first = elements[0]
+        if len(elements) > 1 and isinstance(first, ast.Slice) and not (first.lower or first.upper or first.step):
+            self.edit(self.text.start(first), self.text.start(elements[1]), "", "batch dimension indexed")
+
+    def mutate_With(self, node):
+        """with torch.no_grad(): -> if True: (gradients tracked)."""
+        item = node.items[0]
+        if len(node.items) == 1 and not item.optional_vars and call_name(item.context_expr) in NO_GRAD:
+            self.edit(self.text.start(node), self.text.end(item.context_expr), "if True", "no_grad removed")
+
+    def mutate_FunctionDef(self, node):
+        for decorator in node.decorator_list:  # @torch.no_grad() dropped, its line with it
+            if call_name(decorator) in NO_GRAD and decorator.lineno in self.lines:
+                line = self.text.line_starts
+                self.edit(line[decorator.lineno - 1], line[decorator.end_lineno], "", "no_grad removed")
+
 
 def is_module(node):
     """Whether `node` names a module (torch, F, nn.utils...) rather than a value whose method is called."""
     while isinstance(node, ast.Attribute):
         node = node.value
     return isinstance(node, ast.Name) and node.id in MODULES
+
+
+def call_name(node):
+    """The name a call calls: F.softmax(x) -> softmax, x.sum() -> sum, next(it) -> next; None if not a call by name."""
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Attribute):
+            return node.func.attr
+        if isinstance(node.func, ast.Name):
+            return node.func.id
+    return None
+
+
+def is_plain(node):
+    """Whether evaluating `node` twice is the same as once: a name or its attributes (scores, self.mask)."""
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name)
+
+
+def is_tensor_call(node):
+    """Whether the call is a torch function with a tensor first (F.softmax(x)) or a tensor's method (x.softmax()):
+    not self.softmax(x), a module of the model, nor a call with no tensor (F.softmax())."""
+    if is_module(node.func.value):
+        return bool(node.args)
+    return not (isinstance(node.func.value, ast.Name) and node.func.value.id == "self")
+
+
+def is_dropout_module(node):
+    """Whether the call calls a dropout module by its attribute: self.dropout(x), self.attn_dropout(x), self.drop(x)."""
+    return (isinstance(node.func, ast.Attribute) and not is_module(node.func.value)
+            and ("dropout" in node.func.attr.lower() or node.func.attr == "drop"))
+
+
+def integer(node):
+    """The int a constant (1, -1) stands for; None for anything else."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = integer(node.operand)
+        return None if value is None else -value
+    if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    return None
 
 
 @dataclass
