@@ -241,7 +241,7 @@ def train(config, data_dir=None, device=None, checkpoint=None, resume=False):
     history = []
     if resume:
         state = load_training_state(checkpoint)
-        if {**state["config"], "epochs": config.epochs} != vars(config):
+        if {**state["config"], "epochs": config.epochs} != asdict(config):
             raise SystemExit(f"{checkpoint} was trained with other options: resume with the same ones.")
         model.load_state_dict(state["model"])
         optimizer_ae.load_state_dict(state["optimizer_ae"])
@@ -260,7 +260,7 @@ def train(config, data_dir=None, device=None, checkpoint=None, resume=False):
             samples[epoch] = model.sample(64).cpu()
         if checkpoint is not None:
             save_training_state(
-                checkpoint, config=vars(config), model=model.state_dict(), optimizer_ae=optimizer_ae.state_dict(),
+                checkpoint, config=asdict(config), model=model.state_dict(), optimizer_ae=optimizer_ae.state_dict(),
                 optimizer_disc=optimizer_disc.state_dict(), history=history, samples=samples)
     return model, history, samples
 

@@ -74,13 +74,39 @@ def test_the_published_reference_weights_are_the_runs_the_book_reports(model_nam
 
 
 @pytest.mark.mnist
+def test_the_published_z8_aae_is_the_run_the_book_reports():
+    """The shipped AAE with z_dim 8 reconstructs test images as well as its last training epoch did, and its codes
+    follow the prior N(0, I) (the regularisation worked)."""
+    results = ROOT / "book" / "results" / "part2_aae"
+    metrics = json.loads((results / "metrics_z8.json").read_text())
+    model = course_utils.load_reference(aae.AdversarialAE(z_dim=8), "aae_z8.pt", root=results)
+    images, _ = next(iter(aae.mnist_loader(train=False, batch_size=2000)))
+    with torch.no_grad():
+        recon_x, codes = model(images)
+        _, logs = model.get_loss_autoencoder(images, recon_x, codes, metrics["config"]["lambda_"])
+    assert float(logs["recon_loss"]) < 1.1 * metrics["history"][-1]["recon_loss"]
+    assert codes.mean(0).abs().max() < 0.5 and ((codes.std(0) - 1).abs() < 0.5).all(), (codes.mean(0), codes.std(0))
+
+
+@pytest.mark.mnist
+def test_with_load_reference_question_5_shows_the_reference_aae_without_training(monkeypatch, run_release_cell):
+    monkeypatch.setenv(course_utils.REFERENCE_DIR_VARIABLE, str(ROOT / "book" / "results" / "part2_aae"))
+    monkeypatch.setattr(aae, "train", lambda *args: pytest.fail("LOAD_REFERENCE must not train"))
+    shown = []
+    monkeypatch.setattr(aae, "show_grid", lambda images, title, nrow=8: shown.append((title, images.shape[0])))
+    run_release_cell("part2_aae", "aae_z8.pt", {**vars(aae), "course_utils": course_utils, "LOAD_REFERENCE": True,
+                                                "BUDGET": {"epochs": 1}, "CPU_SECONDS_PER_MODEL": 1})
+    assert shown == [("reference AAE (100 epochs), z_dim 8: decoded prior samples", 64),
+                     ("test images and their reconstructions", 32)]
+
+
+@pytest.mark.mnist
 def test_with_load_reference_question_6_shows_the_reference_models_without_training(monkeypatch,
                                                                                    run_release_cell):
     monkeypatch.setenv(course_utils.REFERENCE_DIR_VARIABLE, str(ROOT / "book" / "results" / "part2_aae"))
     monkeypatch.setattr(aae, "train", lambda *args: pytest.fail("LOAD_REFERENCE must not train"))
     shown = []
     monkeypatch.setattr(aae, "plot_latent_space", lambda codes, labels, title: shown.append(title))
-    run_release_cell("part2_aae", "load_reference(", {**vars(aae), "course_utils": course_utils,
-                                                       "LOAD_REFERENCE": True, "BUDGET": {"epochs": 1},
-                                                       "CPU_SECONDS_PER_MODEL": 1})
+    run_release_cell("part2_aae", "ae_z2.pt", {**vars(aae), "course_utils": course_utils, "LOAD_REFERENCE": True,
+                                               "BUDGET": {"epochs": 1}, "CPU_SECONDS_PER_MODEL": 1})
     assert shown == ["reference plain autoencoder (100 epochs), z_dim 2", "reference AAE (100 epochs), z_dim 2"]
