@@ -115,7 +115,8 @@ def test_collect_reads_brightspace_and_blackboard_names():
         f"123-456 - Ann Lee - Mar 3, 2024 945 AM - {NOTEBOOK}.ipynb")
     blackboard = collect.LMSS["blackboard"].pattern.fullmatch(
         f"HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb")
-    assert brightspace["full_name"] == "Ann Lee" and brightspace["user_id"] == "456"
+    assert brightspace["full_name"] == "Ann Lee"
+    assert collect.LMSS["brightspace"].student(brightspace, download=None).student_id == "brightspace_456"
     assert brightspace["file"] == f"{NOTEBOOK}.ipynb"
     assert blackboard["username"] == "alee" and blackboard["file"] == f"{NOTEBOOK}.ipynb"
     assert collect.detect_lms([f"HW 1_alee_attempt_2024-03-03-09-45-00_{NOTEBOOK}.ipynb"]) == "blackboard"
