@@ -194,13 +194,18 @@ def save_training_state(path, **state):
     partial.replace(path)
 
 
+def load_checkpoint(path):
+    """The trainer's checkpoint at `path` as saved, or SystemExit with what to do when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"Nothing to resume: {path} does not exist. Train without --resume first (same --out).")
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: histories, RNG states
+
+
 def load_training_state(path):
     """The state save_training_state wrote to `path`, with the random generators put back where they were (the
     run goes on as if it had not stopped), or SystemExit with what to do when there is none."""
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"Nothing to resume: {path} does not exist. Train without --resume first (same --out).")
-    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds Python's RNG state
+    state = load_checkpoint(path)
     rng_states = state.pop("rng_states")
     random.setstate(rng_states["python"])
     np.random.set_state(rng_states["numpy"])

@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .course_utils import default_device, progress, seed_everything, text_file
+from .course_utils import default_device, load_checkpoint, progress, seed_everything, text_file
 
 
 class CharVocabulary:
@@ -624,13 +624,6 @@ def configs_from_args(args, vocabulary):
     train_config = TrainConfig(**{field.name: getattr(args, field.name) for field in fields(TrainConfig)})
     train_config.betas = tuple(train_config.betas)
     return model_config, train_config
-
-
-def load_checkpoint(path):
-    """The trainer's checkpoint at `path`, or a message that says there is none to resume from."""
-    if not path.is_file():
-        raise SystemExit(f"Nothing to resume: {path} does not exist. Train without --resume first (same --out).")
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds the history too
 
 
 def main(argv=None):
