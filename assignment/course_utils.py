@@ -5,6 +5,9 @@ message for exercises that are not done yet.
 
 Keep this file next to the notebooks: they import it as `course_utils`.
 """
+import base64
+import io
+import math
 import os
 import random
 import re
@@ -227,6 +230,94 @@ def contract_settings(max_examples=8):
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis")
     return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
                     suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
+
+
+# Hidden tests, split in two (solutions/README.md): a probe runs the student's code in the student's kernel and
+# returns plain observations; a judge, in the grader's own process, compares them with what it computes itself.
+# The observations cross as data only: JSON, with each tensor as NumPy's .npy format (no pickle), in one output.
+JUDGE_SEED_VARIABLE = "DGM_JUDGE_SEED"  # the grader's seed for a notebook's probes, set only while it grades
+OBSERVATIONS_TYPE = "application/vnd.dgm.observations+json"  # the output's MIME type
+
+
+def send_to_judge(probe):
+    """Grading only (the hidden tests call it): run `probe(seed)` on the grader's seed and display what it
+    observed as data, for the judge. A first output marks where the probe began: its own outputs are not shown."""
+    from IPython.display import display
+
+    seed = int(os.environ[JUDGE_SEED_VARIABLE])
+    display({OBSERVATIONS_TYPE: {"probe": "started"}}, raw=True)
+    display({OBSERVATIONS_TYPE: {"observations": observations_to_data(probe(seed))}}, raw=True)
+
+
+def observations_to_data(value):
+    """A probe's observations as JSON data: numbers (inf and nan included), strings, booleans, None, lists, tuples,
+    dicts with string keys, torch.Size, dtypes, devices and tensors (any device; a meta tensor keeps only its
+    shape, dtype and device, having no values)."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        data = None
+        if not value.is_meta:
+            values = value.cpu()
+            values = values.float() if values.dtype == torch.bfloat16 else values  # NumPy has no bfloat16
+            buffer = io.BytesIO()
+            np.save(buffer, values.resolve_conj().resolve_neg().numpy(), allow_pickle=False)
+            data = base64.b64encode(buffer.getvalue()).decode()
+        return {"tensor": {"npy": data, "shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                           "device": value.device.type, "requires_grad": value.requires_grad}}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": str(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": str(value)}
+    if isinstance(value, (list, tuple, torch.Size)):
+        return [observations_to_data(item) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {"dict": {key: observations_to_data(item) for key, item in value.items()}}
+    raise TypeError(f"a probe observes numbers, strings, tensors, dtypes, devices and lists or dicts of them, "
+                    f"not {type(value).__name__}")
+
+
+def observations_from_data(data):
+    """The observations that observations_to_data wrote (lists for tuples and sizes; meta tensors on the meta
+    device; requires_grad kept), read without trusting them: a ValueError says what is not as it writes them."""
+    if data is None or isinstance(data, (bool, int, float, str)):
+        return data
+    if isinstance(data, list):
+        return [observations_from_data(item) for item in data]
+    if not (isinstance(data, dict) and len(data) == 1):
+        raise ValueError(f"not an observation: {str(data)[:80]}")
+    (kind, value), = data.items()
+    if kind == "dict" and isinstance(value, dict):
+        return {str(key): observations_from_data(item) for key, item in value.items()}
+    if kind == "float" and value in ("inf", "-inf", "nan"):
+        return float(value)
+    if kind == "dtype" and isinstance(getattr(torch, str(value), None), torch.dtype):
+        return getattr(torch, value)
+    if kind == "device" and isinstance(value, str):
+        return torch.device(value)
+    if kind == "tensor" and isinstance(value, dict):
+        return tensor_from_data(value)
+    raise ValueError(f"not an observation: {str(data)[:80]}")
+
+
+def tensor_from_data(value):
+    dtype = getattr(torch, str(value.get("dtype")), None)
+    shape = value.get("shape")
+    if not isinstance(dtype, torch.dtype) or not (isinstance(shape, list) and all(type(n) is int for n in shape)):
+        raise ValueError("a tensor observation without a valid dtype and shape")
+    if value.get("npy") is None:
+        if value.get("device") != "meta":
+            raise ValueError("a tensor observation without values that is not on the meta device")
+        tensor = torch.empty(shape, dtype=dtype, device="meta")
+    else:
+        array = np.load(io.BytesIO(base64.b64decode(value["npy"])), allow_pickle=False)
+        tensor = torch.from_numpy(array.copy()).to(dtype)
+        if list(tensor.shape) != shape:
+            raise ValueError(f"a tensor observation of shape {list(tensor.shape)} that says {shape}")
+    return tensor.requires_grad_(bool(value.get("requires_grad"))) if tensor.is_floating_point() else tensor
 
 
 def default_device():

@@ -12,6 +12,10 @@ import jupytext
 import nbformat
 
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
+HIDDEN_TESTS = re.compile(r"^### BEGIN HIDDEN TESTS\n(.*?)^### END HIDDEN TESTS$", flags=re.DOTALL | re.MULTILINE)
+# The two functions of a hidden test (solutions/README.md): probe(seed) in the student's kernel, judge(observed,
+# seed) in the grader's process only.
+PROBE, JUDGE = "probe", "judge"
 NBGRADER_SCHEMA_VERSION = 3
 
 
@@ -79,15 +83,86 @@ def nbgrader_metadata(cell):
 
 
 def to_nbgrader_source(notebook):
-    """The nbgrader source notebook: module-only cells dropped, each role turned into nbgrader metadata."""
-    source = drop_tagged(notebook, "module-only")
+    """The nbgrader source notebook: module-only and judge-only cells dropped, each role turned into nbgrader
+    metadata, each hidden test as the student's kernel runs it (its probe; kernel_hidden_tests)."""
+    source = drop_tagged(drop_tagged(notebook, "module-only"), "judge-only")
     for cell in source.cells:
         metadata = nbgrader_metadata(cell)
         for key in ("role", "grade_id", "points"):
             cell.metadata.pop(key, None)
         if metadata is not None:
             cell.metadata["nbgrader"] = metadata
+        if cell.cell_type == "code":
+            cell.source = kernel_hidden_tests(cell.source, cell.id)
     return source
+
+
+def hidden_tests(source, where):
+    """The code of the hidden tests region of a cell's `source`, or None; a region must define probe(seed) and
+    judge(observed, seed) at its top level (solutions/README.md), and a cell has one region at most."""
+    regions = HIDDEN_TESTS.findall(source)
+    if not regions:
+        return None
+    if len(regions) > 1:
+        raise ValueError(f"{where}: one hidden tests region per cell")
+    functions = {node.name for node in ast.parse(regions[0]).body if isinstance(node, ast.FunctionDef)}
+    if not {PROBE, JUDGE} <= functions:
+        raise ValueError(f"{where}: a hidden tests region defines {PROBE}(seed), which runs in the student's kernel, "
+                         f"and {JUDGE}(observed, seed), which runs in the grader (solutions/README.md)")
+    return regions[0]
+
+
+def kernel_hidden_tests(source, where):
+    """The cell's `source` with its hidden tests as the student's kernel runs them: the region without judge(),
+    then sending what probe() observes to the grader (course_utils.send_to_judge), and no name left behind."""
+    region = hidden_tests(source, where)
+    if region is None:
+        return source
+    kept, names = probe_code(region)
+    kernel = (f"{kept}\n\n\n# The grader compares what probe() observed with its own answers, in its own process.\n"
+              f"course_utils.send_to_judge({PROBE})\ndel {', '.join(names)}\n")
+    return HIDDEN_TESTS.sub(lambda match: f"### BEGIN HIDDEN TESTS\n{kernel}### END HIDDEN TESTS", source)
+
+
+def probe_code(region):
+    """(the code of a hidden tests region without its judge() function, the names that code defines)."""
+    lines = region.splitlines()
+    body = ast.parse(region).body
+    names = set()
+    for node in body:
+        if isinstance(node, ast.FunctionDef) and node.name == JUDGE:
+            first = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
+            lines[first - 1:node.end_lineno] = [None] * (node.end_lineno - first + 1)
+        else:
+            names.update(defined_names(node))
+    return "\n".join(line for line in lines if line is not None).strip(), sorted(names)
+
+
+def without_hidden_tests(source):
+    """The cell's `source` without its hidden tests region (what students run)."""
+    return HIDDEN_TESTS.sub("", source)
+
+
+def defined_names(node):
+    """The names a top-level statement binds (a def, a class, an import, an assignment)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
+    return [target.id for target in ast.walk(node) if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)]
+
+
+def judges(notebook, module):
+    """What the grader runs of a source notebook's hidden tests (grading/judge.py): the solution module that
+    stands in for the student's names, the code of its locked and judge-only cells, and each test's region."""
+    cells = drop_tagged(notebook, "module-only").cells
+    return {
+        "module": module,
+        "preamble": [cell.source for cell in cells if cell.cell_type == "code"
+                     and (cell.metadata.get("role") == "locked" or has_tag(cell, "judge-only"))],
+        "tests": {grade_id(cell): region for cell in cells if cell.cell_type == "code"
+                  and (region := hidden_tests(cell.source, grade_id(cell) or cell.id)) is not None},
+    }
 
 
 def export_module(notebook, header):

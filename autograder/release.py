@@ -24,6 +24,7 @@ naming the files, when a committed generated file differs from what the sources 
 """
 import argparse
 import filecmp
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +35,8 @@ import zipfile
 from pathlib import Path
 
 from . import book, notebooks
+from .grading.judge import Judges
+from .grading.submission import judges_file
 from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, read_nbgrader_config, source_notebooks
 
 SHARED_HELPERS = book.SHARED_HELPERS  # course_utils.py
@@ -112,6 +115,11 @@ def module_name(source):
     return source.stem.split("_", 1)[1]
 
 
+def solution_module(source):
+    """part1_vae.md -> solutions.vae, the module the judges import the reference solution from"""
+    return f"{SOLUTIONS.name}.{module_name(source)}"
+
+
 def generated_paths(source, out):
     """Where the files generated from `source` go below the folder `out` (the repository, or a check folder)."""
     return {
@@ -138,6 +146,7 @@ def build_part(source, out, course):
     notebooks.write(notebooks.to_nbgrader_source(notebook), source_dir / f"{assignment}.ipynb")
     shutil.copy(out / "assignment" / SHARED_HELPERS, source_dir / SHARED_HELPERS)  # as students get it
     nbgrader("generate_assignment", assignment, "--force", course=course)
+    write_judges(notebook, source, course)
 
     released = notebooks.read(course / "release" / assignment / f"{assignment}.ipynb")
     released.metadata["course"] = GENERATED_METADATA
@@ -154,6 +163,16 @@ def build_part(source, out, course):
                                 helpers=book.download_link(SHARED_HELPERS), **about)
     notebooks.write(book.page(released, assignment, header), paths["book"])
     return list(paths.values())
+
+
+def write_judges(notebook, source, course):
+    """<course>/judges/<notebook>.json, the grader's half of the source's hidden tests (grading/judge.py), checked
+    by building the names its judges see (the solution module, the locked and judge-only cells)."""
+    judges = notebooks.judges(notebook, solution_module(source))
+    path = judges_file(course, source.stem)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(judges, indent=1) + "\n", encoding="utf-8")
+    Judges.from_bytes(path.read_bytes()).namespace()
 
 
 def cpu_time(notebook):

@@ -38,6 +38,8 @@ from pathlib import Path
 import yaml
 
 from .. import notebooks
+from ..grading import judge
+from ..release import solution_module
 from ..course import ROOT
 from ..examples import EXAMPLES
 
@@ -460,9 +462,24 @@ class Exercise:
 
 
 def code_cells(path):
-    """The code cells of a source notebook as nbgrader runs them: module-only cells dropped."""
-    notebook = notebooks.drop_tagged(notebooks.read_source(path), "module-only")
+    """The code cells of a source notebook as nbgrader runs them: module-only and judge-only cells dropped."""
+    notebook = notebooks.drop_tagged(notebooks.drop_tagged(notebooks.read_source(path), "module-only"), "judge-only")
     return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+@dataclass(frozen=True)
+class Judging:
+    """The judges of a notebook's hidden tests, the names they see and the seed of the run (one for all mutants)."""
+    judges: judge.Judges
+    namespace: dict
+    seed: int = 0
+
+    @classmethod
+    def of(cls, notebook):
+        source = ROOT / "solutions" / f"{notebook}.md"
+        judges = judge.Judges.from_bytes(json.dumps(notebooks.judges(notebooks.read_source(source),
+                                                                     solution_module(source))).encode())
+        return cls(judges, judges.namespace())
 
 
 def exercises_of(cells):
@@ -477,20 +494,28 @@ def exercises_of(cells):
     return [exercise for exercise in exercises if exercise.tests]
 
 
-def run_cell(source, name, namespace):
-    """Run a cell's code in the notebook's namespace; what it prints is not part of the report."""
+def run_cell(cell, index, namespace, judging, source=None):
+    """Run a cell's code (or `source` in its place) in the notebook's namespace, its hidden tests as grading runs
+    them (probe here, judge on the reference's names: an AssertionError with its message when it fails); what it
+    prints is not part of the report."""
+    source = cell_code(cell) if source is None else source
+    label = notebooks.cell_label(cell, index)
+    region = notebooks.hidden_tests(source, label)
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(source, f"<{name}>", "exec"), namespace)
+        exec(compile(notebooks.without_hidden_tests(source), f"<{label}>", "exec"), namespace)
+        if region is not None and (message := judge.probe_and_judge(region, notebooks.grade_id(cell), namespace,
+                                                                    judging.judges, judging.namespace, judging.seed)):
+            raise AssertionError(message)
 
 
-def run_mutant(cells, exercise, mutant, namespace):
+def run_mutant(cells, exercise, mutant, namespace, judging):
     """In the forked child: the mutated solution, then the cells up to the last test; {test: why it failed}."""
     failed = {}
     tests = dict(exercise.tests)
     for index in range(exercise.cell_index, exercise.tests[-1][0] + 1):
-        source = mutant.source if index == exercise.cell_index else cell_code(cells[index])
         try:
-            run_cell(source, notebooks.cell_label(cells[index], index), namespace)
+            run_cell(cells[index], index, namespace, judging,
+                     source=mutant.source if index == exercise.cell_index else None)
         except BaseException as error:  # a mutant may raise anything; it is a result, not a crash
             if index in tests:
                 first_line = str(error).splitlines()[0] if str(error) else ""
@@ -502,7 +527,7 @@ def cell_code(cell):
     return notebooks.without_solution_markers(cell.source)
 
 
-def fork_mutant(cells, exercise, mutant, namespace, time_limit):
+def fork_mutant(cells, exercise, mutant, namespace, judging, time_limit):
     """Start one mutant in a child process; return (pid, read end of its result pipe)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -513,7 +538,7 @@ def fork_mutant(cells, exercise, mutant, namespace, time_limit):
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             signal.alarm(time_limit)
-            failed = run_mutant(cells, exercise, mutant, namespace)
+            failed = run_mutant(cells, exercise, mutant, namespace, judging)
             os.write(write_end, json.dumps(failed).encode()[:60_000])
         finally:
             os._exit(0)
@@ -521,13 +546,13 @@ def fork_mutant(cells, exercise, mutant, namespace, time_limit):
     return pid, read_end
 
 
-def run_mutants(cells, exercise, namespace, jobs, time_limit):
+def run_mutants(cells, exercise, namespace, judging, jobs, time_limit):
     """Run every mutant of `exercise`, `jobs` at a time; fill in each mutant's result."""
     pending, running = list(exercise.mutants), {}
     while pending or running:
         while pending and len(running) < jobs:
             mutant = pending.pop(0)
-            pid, read_end = fork_mutant(cells, exercise, mutant, namespace, time_limit)
+            pid, read_end = fork_mutant(cells, exercise, mutant, namespace, judging, time_limit)
             running[pid] = (mutant, read_end)
         pid, status = os.wait()
         if pid not in running:
@@ -553,17 +578,17 @@ def mutation_run(notebook, selected=None, jobs=None, time_limit=TIME_LIMIT, limi
         exercise.mutants = evenly_spaced(mutants_of(exercise.name, cells[exercise.cell_index].source), limit)
     by_cell = {exercise.cell_index: exercise for exercise in exercises}
     last = max((exercise.tests[-1][0] for exercise in exercises), default=-1)
-    namespace = {"__name__": "__main__"}
+    namespace, judging = {"__name__": "__main__"}, Judging.of(notebook)
     tests = {index for exercise in exercises for index, _ in exercise.tests}
     for index in range(last + 1):
         if index in by_cell:
             exercise = by_cell[index]
             start = time.perf_counter()
-            run_mutants(cells, exercise, namespace, jobs or os.cpu_count(), time_limit)
+            run_mutants(cells, exercise, namespace, judging, jobs or os.cpu_count(), time_limit)
             progress(f"  {notebook}/{exercise.name}: {len(exercise.mutants)} mutants in "
                      f"{time.perf_counter() - start:.0f} s")
         try:
-            run_cell(cell_code(cells[index]), notebooks.cell_label(cells[index], index), namespace)
+            run_cell(cells[index], index, namespace, judging)
         except Exception as error:
             if index in tests or index in by_cell:
                 raise SystemExit(f"{notebook}: the reference fails {notebooks.cell_label(cells[index], index)}: "

@@ -8,7 +8,7 @@ import nbformat
 from .. import examples as example_submissions
 from .. import notebooks
 from ..course import nbgrader
-from .submission import read_files
+from .submission import judges_file, read_files
 
 
 def prepare_examples_course(course, notebook, released_in):
@@ -21,6 +21,9 @@ def prepare_examples_course(course, notebook, released_in):
         shutil.rmtree(course / "source" / notebook, ignore_errors=True)
         shutil.copytree(source, course / "source" / notebook)
         nbgrader("generate_assignment", notebook, "--force", course=course)
+    judges = judges_file(course, notebook)
+    judges.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(judges_file(released_in, notebook), judges)
     released = notebooks.read(release / f"{notebook}.ipynb")
     solved = notebooks.read(source / f"{notebook}.ipynb")
     examples = example_submissions.load_examples(notebook)

@@ -24,12 +24,13 @@ class Job:
     """One student's notebook to autograde. The folders are {relative path: bytes}."""
     assignment: str  # e.g. "part1_vae", also the notebook's name
     student: str
-    source: dict  # the nbgrader source folder of the assignment (solutions, hidden tests)
+    source: dict  # the nbgrader source folder of the assignment (solutions, the hidden tests' probes)
     release: dict  # the release folder (the notebook students got, course_utils.py ...)
     submission: dict  # the student's submitted folder
     limits: Limits = Limits()
     sandbox: bool = True  # False only for --unsafe-no-sandbox
     hidden: tuple = ()  # folders (str) the kernel must not see besides the repository: the course folder
+    judges: bytes = b'{"module": "", "preamble": [], "tests": {}}'  # <course>/judges/<assignment>.json (judge.py)
 
     @property
     def notebook(self):
@@ -42,7 +43,8 @@ class Job:
     def release_hash(self):
         """The hash of what the assignment is graded with: a change to the source or the release grades again."""
         return content_hash({**{f"source/{path}": data for path, data in self.source.items()},
-                             **{f"release/{path}": data for path, data in self.release.items()}})
+                             **{f"release/{path}": data for path, data in self.release.items()},
+                             "judges": self.judges})
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ def collect(course, assignment, limits, sandbox):
     """The Submissions of every student folder with an `assignment` folder in <course>/submitted/."""
     source, _ = read_files(course / "source" / assignment)
     release, _ = read_files(course / "release" / assignment)
+    if not judges_file(course, assignment).is_file():
+        raise SystemExit(f"{judges_file(course, assignment)} is missing (the grader's half of the hidden tests): "
+                         f"run `make release` (python -m autograder.release --course {course}) first")
+    judges = judges_file(course, assignment).read_bytes()
     found = Submissions(jobs=[], refused=[], notes={})
     for folder in sorted((course / "submitted").glob(f"*/{glob_escape(assignment)}")):
         student = folder.parent.name
@@ -79,8 +83,14 @@ def collect(course, assignment, limits, sandbox):
             found.refused.append(Result.refused(assignment, student, str(refusal)))
             continue
         found.jobs.append(Job(assignment, student, source, release, submission, limits, sandbox,
-                              hidden=(str(course),)))
+                              hidden=(str(course),), judges=judges))
     return found
+
+
+def judges_file(course, assignment):
+    """Where `make release` puts an assignment's judges (the grader's half of its hidden tests), outside the
+    folders nbgrader copies next to a student's notebook."""
+    return course / "judges" / f"{assignment}.json"
 
 
 def glob_escape(name):

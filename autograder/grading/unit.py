@@ -20,10 +20,13 @@ from pathlib import Path
 
 import nbformat
 
+from solutions import course_utils
+
 from .. import notebooks, tamper
 from ..course import ROOT, nbgrader_config
 from ..preprocessors import OUTPUTS_CUT, readable_size
 from ..sandbox import kernelspec as sandbox
+from . import judge
 from .job import Job, Result
 from .submission import Refused, checked_submission, read_submission
 
@@ -63,6 +66,7 @@ class WorkerState:
     def __init__(self):
         self.gradebooks = {}  # release hash -> bytes of a gradebook holding the assignment, no student
         self.zygotes = {}  # sorted hidden folders -> a sandbox.Zygote hiding them, or False when none can start
+        self.judges = {}  # release hash -> (judge.Judges, the names its judges see), built once
 
     def empty_gradebook(self, job, scratch):
         """A gradebook with the assignment's notebooks and cells (nbgrader generate_assignment), no student."""
@@ -79,6 +83,14 @@ class WorkerState:
             self.gradebooks[key] = (course / "gradebook.db").read_bytes()
             shutil.rmtree(course)
         return self.gradebooks[key]
+
+    def judges_of(self, job):
+        """The judges of the job's assignment and the namespace they share (the reference module imported once)."""
+        key = job.release_hash()
+        if key not in self.judges:
+            judges = judge.Judges.from_bytes(job.judges)
+            self.judges[key] = judges, judges.namespace()
+        return self.judges[key]
 
     def zygote_for(self, hidden, workdir):
         """This worker's sandbox.Zygote hiding `hidden` (started on first use, again if it died), or None where
@@ -131,12 +143,20 @@ def autograde(job, workdir, state):
     executed = nbformat.read(course / "autograded" / job.student / job.assignment / job.notebook, as_version=4)
     cut = executed.metadata.pop(OUTPUTS_CUT, None)
     evidence, autograded = tamper_check(executed, submitted, source, nonce)
+    judge_log = judge.judged(autograded, *state.judges_of(job), seed=judge_seed(job))
     notes = [f"timed out in {where} (over {job.limits.cell_seconds} s)"
              for where in timed_out_cells(executed, submitted)] + outputs_cut(cut, submitted)
     flags = ["tampering: " + item for item in evidence] + suspicions
-    log += "".join(f"\n{line}" for line in [*kernel_events(job, workdir), *flags, *notes])
+    log += "".join(f"\n{line}" for line in [*kernel_events(job, workdir), *judge_log, *flags, *notes])
     return Result.of(job, "flagged" if flags else "ok", "; ".join(flags + notes), log=log,
-                     scores=scores_from(course, job), autograded=nbformat.writes(autograded).encode())
+                     scores=scores_of(autograded), autograded=nbformat.writes(autograded).encode())
+
+
+def judge_seed(job):
+    """The seed of a notebook's hidden tests (probe and judge build their inputs from it): the grader's, from the
+    submission, so that each student's tests draw their own inputs and grading a notebook again gives its grade
+    again (a grade never depends on luck)."""
+    return int(job.submission_hash()[:8], 16)
 
 
 def private_course(job, workdir, submitted, state):
@@ -171,6 +191,7 @@ def run_autograde(job, course, workdir, state):
     from ..preprocessors import ExecuteWithinLimits
 
     options, variables = sandbox_launch(job, workdir, state)
+    variables = {**variables, course_utils.JUDGE_SEED_VARIABLE: str(judge_seed(job))}  # for the probes
     config = nbgrader_config(course)
     config.merge(KVArgParseConfigLoader(argv=options).load_config())
     config.Execute.timeout = job.limits.cell_seconds
@@ -215,14 +236,12 @@ def kernel_events(job, workdir):
     return sandbox.kernel_events(workdir / SANDBOX_STATE) if job.sandbox else []
 
 
-def scores_from(course, job):
-    """{test grade_id: (score, max_score)} of the job's student in the private course's gradebook."""
-    from nbgrader.api import Gradebook
+def scores_of(autograded):
+    """{test grade_id: (score, max_score)} of the judged notebook, as nbgrader scores a test cell (what the
+    coordinator's SaveAutoGrades writes into the course's gradebook)."""
+    from nbgrader.utils import determine_grade
 
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
-        submitted = gradebook.find_submission_notebook(job.assignment, job.assignment, job.student)
-        return {grade.name: (grade.score, grade.max_score) for grade in submitted.grades
-                if grade.cell.cell_type == "code"}
+    return {grade_id: determine_grade(cell) for grade_id, cell in notebooks.test_cells(autograded).items()}
 
 
 # The tamper checks (autograder/tamper), in one place: canaries around the test cells before the run; after it,

@@ -19,6 +19,7 @@ PASSED_VARIABLES = frozenset({
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",  # the kernel's share of the CPUs
     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUBLAS_WORKSPACE_CONFIG",  # which GPU, deterministic cuBLAS
     "DGM_DATA_DIR", "DGM_DOWNLOAD", "DGM_REFERENCE_DIR", "DGM_REFERENCE_URL",  # solutions/course_utils.py reads them
+    "DGM_JUDGE_SEED",  # the seed of the hidden tests' probes, which the grader sets (grading/judge.py)
     "NBGRADER_EXECUTION",  # set by nbgrader while it autogrades: the notebooks' training cells shrink or skip
 })
 # Read by the kernel although they may lie inside a hidden path or $HOME: bound back read-only.
