@@ -10,6 +10,9 @@ SOLUTIONS = ROOT / "solutions"
 AUTOGRADER = ROOT / "autograder"
 EXAMPLES = AUTOGRADER / "examples"  # the example students' files, <notebook>.yml (autograder/examples/README.md)
 COURSE = ROOT / "build" / "course"  # the nbgrader course folder: source, release, submitted, autograded...
+# What `make release` writes of each assignment in a course folder: nbgrader's source (the hidden tests' probes) and
+# release, and the judges (the hidden tests' other half, which no kernel sees; grading/judge.py).
+ASSIGNMENT_FOLDERS = ("source", "release", "judges")
 EXAMPLES_COURSE = ROOT / "build" / "examples"  # the example students' own course folder, never mixed with real ones
 
 

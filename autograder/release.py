@@ -35,9 +35,9 @@ import zipfile
 from pathlib import Path
 
 from . import book, notebooks
+from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, read_nbgrader_config, source_notebooks
 from .grading.judge import Judges
 from .grading.submission import judges_file
-from .course import AUTOGRADER, COURSE, ROOT, SOLUTIONS, nbgrader, read_nbgrader_config, source_notebooks
 
 SHARED_HELPERS = book.SHARED_HELPERS  # course_utils.py
 RELEASE_ZIP = ROOT / "build" / "release" / "assignment.zip"

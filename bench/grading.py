@@ -48,7 +48,7 @@ from pathlib import Path
 import nbformat
 
 from autograder import examples, notebooks
-from autograder.course import COURSE, nbgrader, source_notebooks
+from autograder.course import ASSIGNMENT_FOLDERS, COURSE, nbgrader, source_notebooks
 from autograder.grading import cluster, coordinator, expectations, records, submission, worker
 from autograder.limits import Limits
 
@@ -94,7 +94,7 @@ def memory_bomb_job(course, name):
 
 def synthetic_course(folder, students, parts):
     """A course folder with the release of build/course and `students` submissions per part."""
-    for part in ("source", "release"):
+    for part in ASSIGNMENT_FOLDERS:
         shutil.copytree(COURSE / part, folder / part)
     shutil.copy(COURSE / "gradebook.db", folder / "gradebook.db")
     for notebook in parts:

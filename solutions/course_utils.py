@@ -230,7 +230,7 @@ def contract_settings(max_examples=8):
                     suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
 
 
-# Hidden tests, split in two (solutions/README.md): a probe runs the student's code in the student's kernel and
+# Hidden tests, split in two: a probe runs the student's code in the student's kernel and
 # returns plain observations; a judge, in the grader's own process, compares them with what it computes itself.
 # The observations cross as data only: JSON, with each tensor as NumPy's .npy format (no pickle), in one output.
 JUDGE_SEED_VARIABLE = "DGM_JUDGE_SEED"  # the grader's seed for a notebook's probes, set only while it grades
@@ -252,7 +252,7 @@ def observations_to_data(value):
     dicts with string keys, torch.Size, dtypes, devices and tensors (any device; a meta tensor keeps only its
     shape, dtype and device, having no values)."""
     if isinstance(value, torch.Tensor):
-        value = value.detach()
+        requires_grad, value = value.requires_grad, value.detach()
         data = None
         if not value.is_meta:
             values = value.cpu()
@@ -261,7 +261,7 @@ def observations_to_data(value):
             np.save(buffer, values.resolve_conj().resolve_neg().numpy(), allow_pickle=False)
             data = base64.b64encode(buffer.getvalue()).decode()
         return {"tensor": {"npy": data, "shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
-                           "device": value.device.type, "requires_grad": value.requires_grad}}
+                           "device": value.device.type, "requires_grad": requires_grad}}
     if isinstance(value, float) and not math.isfinite(value):
         return {"float": str(value)}
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -20,7 +20,7 @@ import yaml
 from distributed import Client
 
 from autograder import examples, notebooks
-from autograder.course import AUTOGRADER, ROOT
+from autograder.course import ASSIGNMENT_FOLDERS, AUTOGRADER, ROOT
 from autograder.grading import cluster, coordinator, records
 from autograder.grading.job import Job
 
@@ -35,7 +35,7 @@ DASK = Path(sys.executable).parent / "dask"
 
 def course_with_students(fresh_build, folder):
     """A course folder with the release of `fresh_build` and the STUDENTS' submissions."""
-    for part in ("source", "release"):
+    for part in ASSIGNMENT_FOLDERS:
         shutil.copytree(fresh_build.course / part, folder / part)
     shutil.copy(fresh_build.course / "gradebook.db", folder / "gradebook.db")
     for notebook, students in STUDENTS.items():

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from autograder import examples
-from autograder.course import source_notebooks
+from autograder.course import ASSIGNMENT_FOLDERS, source_notebooks
 from autograder.grading import coordinator, records, submission
 from autograder.grading.job import Job
 from autograder.limits import Limits
@@ -112,7 +112,7 @@ def test_test_cells_must_appear_exactly_once():
 def test_a_student_id_that_is_not_plain_is_refused_not_globbed(fresh_build, tmp_path):
     course = tmp_path / "course"
     course.mkdir()
-    for folder in ("source", "release"):
+    for folder in ASSIGNMENT_FOLDERS:
         (course / folder).symlink_to(fresh_build.course / folder)
     for student in ("[g]lob", "g"):
         (course / "submitted" / student / NOTEBOOKS[0]).mkdir(parents=True)

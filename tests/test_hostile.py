@@ -4,6 +4,7 @@ the instructor's and the repository's files are byte-identical afterwards, no ou
 hidden test, no connection reaches the grader's loopback, and no process survives. Small limits keep it quick."""
 import copy
 import hashlib
+import json
 import shutil
 import socket
 import threading
@@ -20,7 +21,7 @@ import yaml
 
 from autograder import examples, notebooks
 from autograder.grading import coordinator, records, worker
-from autograder.course import ROOT
+from autograder.course import ASSIGNMENT_FOLDERS, ROOT
 
 NOTEBOOK = "part1_vae"
 CORPUS = Path(__file__).parent / "hostile" / f"{NOTEBOOK}.yml"
@@ -102,7 +103,7 @@ def write_controls(course):
 
 def new_course(released, folder):
     """A course folder with the assignment of the fresh release build (source, release, gradebook), no student."""
-    for name in ("source", "release"):
+    for name in ASSIGNMENT_FOLDERS:
         shutil.copytree(released / name, folder / name)
     shutil.copy(released / "gradebook.db", folder / "gradebook.db")
     return folder
@@ -204,19 +205,46 @@ def test_instructor_and_repository_files_are_unchanged(graded):
     assert {manual for _, manual in per_test_scores(graded.course).values()} <= {None, 0}
 
 
-def test_no_output_shows_a_solution_or_a_hidden_test(graded):
-    source = notebooks.read(graded.course / "source" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
-    release = nbformat.writes(notebooks.read(graded.course / "release" / NOTEBOOK / f"{NOTEBOOK}.ipynb"))
-    secrets = {line.strip() for cell in source.cells for line in cell.source.splitlines()
-               if len(line.strip()) > 25 and line.strip() not in release}
-    assert len(secrets) > 20
+@pytest.mark.parametrize("entry", [entry for entry in corpus() if entry.get("fails")], ids=lambda entry: entry["student"])
+def test_each_hostile_submission_fails_the_tests_it_cheats_on(graded, entry):
+    """A student who reads what the kernel holds, sends no observations or forges them scores 0 on the tests it
+    cheats on (nbgrader's autograded score, before any flag withholds it)."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(records.gradebook_url(graded.course)) as gradebook:
+        scores = {grade.name: grade.auto_score for grade in
+                  gradebook.find_submission_notebook(NOTEBOOK, NOTEBOOK, entry["student"]).grades}
+    assert {test: scores[test] for test in entry["fails"]} == {test: 0 for test in entry["fails"]}
+
+
+def secret_lines(course):
+    """(the solutions' lines, the judges' lines) of the course's assignment: the source's lines outside its hidden
+    tests that the release lacks, and the lines of <course>/judges that no kernel ran (expected answers,
+    tolerances, comparisons and their messages)."""
+    source = notebooks.read(course / "source" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
+    release = nbformat.writes(notebooks.read(course / "release" / NOTEBOOK / f"{NOTEBOOK}.ipynb"))
+    kernel = nbformat.writes(source)
+    judges = json.loads((course / "judges" / f"{NOTEBOOK}.json").read_text(encoding="utf-8"))
+    lines = lambda texts: {line.strip() for text in texts for line in text.splitlines() if len(line.strip()) > 25}  # noqa: E731
+    solutions = lines(notebooks.without_hidden_tests(cell.source) for cell in source.cells) - lines([release])
+    return solutions, lines([*judges["preamble"], *judges["tests"].values()]) - lines([kernel, release])
+
+
+def test_no_output_shows_a_solution_or_a_hidden_tests_answer(graded):
+    """Nothing a submission prints shows a line of the judges (whatever it reads in its kernel: history, stack,
+    callers' frames), nor, starting from the release, a line of the solutions."""
+    solutions, judges = secret_lines(graded.course)
+    assert len(solutions) > 20 and len(judges) > 20
     for entry in corpus():
         path = graded.course / "autograded" / entry["student"] / NOTEBOOK / f"{NOTEBOOK}.ipynb"
-        if entry.get("start") == "solution" or not path.is_file():
+        if not path.is_file():
             continue
         outputs = nbformat.writes(nbformat.v4.new_notebook(cells=[
             nbformat.v4.new_code_cell(outputs=cell.get("outputs", [])) for cell in notebooks.read(path).cells]))
+        secrets = judges | (set() if entry.get("start") == "solution" else solutions)
         assert [secret for secret in secrets if secret in outputs] == [], entry["student"]
+        if entry["student"] == "print_history":  # it did print the hidden tests the kernel ran: their probes
+            assert "course_utils.send_to_judge(probe)" in outputs
 
 
 def test_a_huge_output_makes_no_huge_file(graded):

@@ -1,5 +1,6 @@
 """The generated files: up to date, marked as generated; the release stands alone and gives nothing away."""
 import ast
+import json
 import os
 import re
 import shutil
@@ -8,6 +9,7 @@ import sys
 import textwrap
 import tomllib
 import zipfile
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -163,13 +165,35 @@ def test_release_holds_no_solution_hidden_test_or_model_answer(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_test_cell_hides_at_least_as_many_checks_as_it_shows(name):
-    source = notebooks.to_nbgrader_source(notebooks.read_source(ROOT / "solutions" / f"{name}.md"))
-    for grade_id, cell in notebooks.cells_by_grade_id(source).items():
-        if notebooks.is_test_cell(cell):
+    source = notebooks.read_source(ROOT / "solutions" / f"{name}.md")
+    for cell in source.cells:
+        if cell.metadata.get("role") == "tests":
             visible, _, hidden = cell.source.partition("### BEGIN HIDDEN TESTS")
             count = lambda code: len(re.findall(r"\bassert", code))  # noqa: E731
-            assert count(visible) >= 1, f"{grade_id} shows no test"
-            assert count(hidden) >= count(visible), f"{grade_id}: fewer hidden checks than visible ones"
+            assert count(visible) >= 1, f"{notebooks.grade_id(cell)} shows no test"
+            assert count(hidden) >= count(visible), f"{notebooks.grade_id(cell)}: fewer hidden checks than visible ones"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_kernel_gets_each_hidden_tests_probe_and_never_its_judge(fresh_build, name):
+    """Every test cell has hidden tests, written as a probe and a judge; the judges go to <course>/judges only:
+    no line of a judge is in the grader's nbgrader source or release (what a student's kernel runs or gets)."""
+    source = notebooks.read_source(ROOT / "solutions" / f"{name}.md")
+    regions = {notebooks.grade_id(cell): notebooks.hidden_tests(cell.source, notebooks.grade_id(cell))
+               for cell in source.cells if cell.metadata.get("role") == "tests"}
+    assert None not in regions.values(), "a test cell without hidden tests"
+    judges = json.loads((fresh_build.course / "judges" / f"{name}.json").read_text(encoding="utf-8"))
+    assert judges["tests"] == regions and judges["module"] == release.solution_module(Path(f"{name}.md"))
+    folders = [fresh_build.course / folder / name for folder in ("source", "release")]
+    texts = [cell.source for folder in folders for path in folder.glob("*.ipynb") for cell in notebooks.read(path).cells]
+    texts += [path.read_text(encoding="utf-8") for folder in folders for path in folder.glob("*.py")]
+    kernel = {line.strip() for text in texts for line in text.splitlines()}
+    for grade_id, region in regions.items():
+        probe, _ = notebooks.probe_code(region)
+        judge_only = {line.strip() for line in region.splitlines() if len(line.strip()) > 20} - {
+            line.strip() for line in probe.splitlines()}
+        assert judge_only, f"{grade_id}: no judge found"
+        assert judge_only & kernel == set(), f"{grade_id}: the kernel gets lines of its judge"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

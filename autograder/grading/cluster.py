@@ -7,7 +7,7 @@ machines and writes the gradebook alone, from the results that come back.
 The unit of work is a batch of jobs (job.py: each student's submission with the assignment's source and
 release) that worker.grade_batch grades: plain data in, plain data out, so a worker needs no file of the
 coordinator's machine, only the course's environment: the same Python, torch and nbgrader, the same grader code
-(autograder/) and a working sandbox. A worker plugin checks that when a worker joins; a worker that differs says
+(autograder/ and the solution modules) and a working sandbox. A worker plugin checks that when a worker joins; a worker that differs says
 why in the coordinator's output and leaves the cluster before it is sent any work.
 
 A worker that dies mid-batch loses nothing: Dask's scheduler sends the lost batch to another worker. A batch that
@@ -30,7 +30,7 @@ import yaml
 from distributed import Client, Reschedule, WorkerPlugin, get_worker, wait
 from distributed.scheduler import KilledWorker
 
-from ..course import AUTOGRADER, EXAMPLES
+from ..course import AUTOGRADER, EXAMPLES, ROOT, SOLUTIONS
 from .job import Result, content_hash
 from .worker import grade_batch
 
@@ -53,9 +53,11 @@ CLUSTERS = {
 
 def grader_hash():
     """sha256 of the grader's code: every file below autograder/ but the example students (what a worker
-    executes, reads or ships into the sandbox)."""
-    return content_hash({str(path.relative_to(AUTOGRADER)): path.read_bytes() for path in sorted(AUTOGRADER.rglob("*"))
-                         if path.is_file() and "__pycache__" not in path.parts and path.parent != EXAMPLES})
+    executes, reads or ships into the sandbox), and the solution modules, with which its judges compute the hidden
+    tests' expected answers (grading/judge.py)."""
+    files = [path for path in sorted(AUTOGRADER.rglob("*")) if path.is_file() and "__pycache__" not in path.parts
+             and path.parent != EXAMPLES] + sorted(SOLUTIONS.glob("*.py"))
+    return content_hash({str(path.relative_to(ROOT)): path.read_bytes() for path in files})
 
 
 def course_environment(sandbox=True):

@@ -9,7 +9,7 @@ so nothing a student's code reads or prints there can reveal them, and observati
 
 The executed notebook comes back with each judged test cell's outputs as the student may see them: those of its
 visible tests, its first error, and a failed judge's message as the cell's error, which nbgrader scores 0. What the
-probe printed and the observations themselves are dropped.
+probe printed and the observations themselves are dropped, and no output of a test cell can pass for a score.
 """
 import json
 import traceback
@@ -60,6 +60,7 @@ def judged(notebook, judges, namespace, seed):
     `namespace` (judges.namespace()); returns the log lines (why a judge could not run, with its traceback)."""
     log = []
     for grade_id, cell in notebooks.test_cells(notebook).items():
+        cell.outputs = [without_score(output) for output in cell.outputs]
         if grade_id not in judges.tests:
             continue
         kept, observed = probe_outputs(cell.outputs)
@@ -99,6 +100,15 @@ def probe_outputs(outputs):
         elif output.output_type == "error" or not probing:
             kept.append(output)
     return kept, observed
+
+
+def without_score(output):
+    """A test cell's output that nbgrader cannot read as a score: an execute_result becomes the display of the same
+    data. A test cell ends with no value, so such a result is the student's code's (sys.displayhook), and nbgrader
+    would give its value, or full marks for text, as the cell's partial credit, whatever error follows it."""
+    if output.output_type != "execute_result":
+        return output
+    return new_output("display_data", data=output.get("data", {}), metadata=output.get("metadata", {}))
 
 
 def failure_output(message):
