@@ -216,23 +216,7 @@ def load_training_state(path):
     return state
 
 
-def contract_settings(max_examples=8):
-    """Hypothesis's settings for the hidden tests that draw an exercise's inputs from its contract: few examples
-    (grading stays fast), the same ones on every run (derandomize: a grade never depends on luck), no example
-    database and its cache in the temporary folder (nothing written beside the notebook), no deadline (a busy
-    grading machine is slow), and one failure reported, the first, with the test's own message.
-    Hypothesis is an instructor's package: only hidden tests import it."""
-    import tempfile
-
-    from hypothesis import HealthCheck, settings
-    from hypothesis.configuration import set_hypothesis_home_dir
-
-    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis")
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
-
-
-# Hidden tests, split in two (solutions/README.md): a probe runs the student's code in the student's kernel and
+# Hidden tests, split in two: a probe runs the student's code in the student's kernel and
 # returns plain observations; a judge, in the grader's own process, compares them with what it computes itself.
 # The observations cross as data only: JSON, with each tensor as NumPy's .npy format (no pickle), in one output.
 JUDGE_SEED_VARIABLE = "DGM_JUDGE_SEED"  # the grader's seed for a notebook's probes, set only while it grades
@@ -254,7 +238,7 @@ def observations_to_data(value):
     dicts with string keys, torch.Size, dtypes, devices and tensors (any device; a meta tensor keeps only its
     shape, dtype and device, having no values)."""
     if isinstance(value, torch.Tensor):
-        value = value.detach()
+        requires_grad, value = value.requires_grad, value.detach()
         data = None
         if not value.is_meta:
             values = value.cpu()
@@ -263,7 +247,7 @@ def observations_to_data(value):
             np.save(buffer, values.resolve_conj().resolve_neg().numpy(), allow_pickle=False)
             data = base64.b64encode(buffer.getvalue()).decode()
         return {"tensor": {"npy": data, "shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
-                           "device": value.device.type, "requires_grad": value.requires_grad}}
+                           "device": value.device.type, "requires_grad": requires_grad}}
     if isinstance(value, float) and not math.isfinite(value):
         return {"float": str(value)}
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -19,6 +19,9 @@ class Limits:
     # but for each cell's first error: a count, and bytes as JSON once texts are cut, nested data and metadata too.
     notebook_outputs: int = 2_000
     notebook_output_bytes: int = 4 * 2**20
+    # The hidden tests' observations (the probes' data, grading/judge.py) have a budget of their own: only in test
+    # cells, read by the judges and then dropped, they never reach the autograded notebook.
+    observation_bytes: int = 16 * 2**20
     submission_bytes: int = 50 * 2**20  # of one submitted notebook file
 
 

@@ -7,6 +7,7 @@ import ast
 import copy
 import re
 import sys
+import textwrap
 
 import jupytext
 import nbformat
@@ -16,6 +17,7 @@ HIDDEN_TESTS = re.compile(r"^### BEGIN HIDDEN TESTS\n(.*?)^### END HIDDEN TESTS$
 # The two functions of a hidden test (solutions/README.md): probe(seed) in the student's kernel, judge(observed,
 # seed) in the grader's process only.
 PROBE, JUDGE = "probe", "judge"
+KERNEL_RUNNER = "run_hidden_tests"  # the function the kernel's hidden tests run in
 NBGRADER_SCHEMA_VERSION = 3
 
 
@@ -101,6 +103,9 @@ def hidden_tests(source, where):
     """The code of the hidden tests region of a cell's `source`, or None; a region must define probe(seed) and
     judge(observed, seed) at its top level (solutions/README.md), and a cell has one region at most."""
     regions = HIDDEN_TESTS.findall(source)
+    if not regions and re.search(r"^\s+### BEGIN HIDDEN TESTS$", source, flags=re.MULTILINE):
+        raise ValueError(f"{where}: hidden tests go at the cell's top level, after the visible tests "
+                         f"(solutions/README.md), not inside a function")
     if not regions:
         return None
     if len(regions) > 1:
@@ -114,42 +119,36 @@ def hidden_tests(source, where):
 
 def kernel_hidden_tests(source, where):
     """The cell's `source` with its hidden tests as the student's kernel runs them: the region without judge(),
-    then sending what probe() observes to the grader (course_utils.send_to_judge), and no name left behind."""
+    inside a function (its names neither replace nor remove the notebook's), which sends what probe() observes to
+    the grader (course_utils.send_to_judge)."""
     region = hidden_tests(source, where)
     if region is None:
         return source
-    kept, names = probe_code(region)
-    kernel = (f"{kept}\n\n\n# The grader compares what probe() observed with its own answers, in its own process.\n"
-              f"course_utils.send_to_judge({PROBE})\ndel {', '.join(names)}\n")
+    kernel = probe_runner(region, "# The grader compares what probe() observed with its own answers, in its own "
+                                  f"process.\n    course_utils.send_to_judge({PROBE})")
+    kernel += f"\n\n{KERNEL_RUNNER}()\ndel {KERNEL_RUNNER}\n"
     return HIDDEN_TESTS.sub(lambda match: f"### BEGIN HIDDEN TESTS\n{kernel}### END HIDDEN TESTS", source)
 
 
+def probe_runner(region, last):
+    """The code of a function KERNEL_RUNNER that defines the region's names but judge() as its own and ends with
+    the statement `last`."""
+    return f"def {KERNEL_RUNNER}():\n{textwrap.indent(probe_code(region), '    ')}\n\n    {last}\n"
+
+
 def probe_code(region):
-    """(the code of a hidden tests region without its judge() function, the names that code defines)."""
+    """The code of a hidden tests region without its judge() function."""
     lines = region.splitlines()
-    body = ast.parse(region).body
-    names = set()
-    for node in body:
+    for node in ast.parse(region).body:
         if isinstance(node, ast.FunctionDef) and node.name == JUDGE:
             first = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
             lines[first - 1:node.end_lineno] = [None] * (node.end_lineno - first + 1)
-        else:
-            names.update(defined_names(node))
-    return "\n".join(line for line in lines if line is not None).strip(), sorted(names)
+    return "\n".join(line for line in lines if line is not None).strip()
 
 
 def without_hidden_tests(source):
     """The cell's `source` without its hidden tests region (what students run)."""
     return HIDDEN_TESTS.sub("", source)
-
-
-def defined_names(node):
-    """The names a top-level statement binds (a def, a class, an import, an assignment)."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        return [(alias.asname or alias.name).split(".")[0] for alias in node.names]
-    return [target.id for target in ast.walk(node) if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store)]
 
 
 def judges(notebook, module):

@@ -7,10 +7,13 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
 from .limits import Limits
+from .notebooks import is_test_cell
 from .tamper.canaries import CANARY_KEY
 
 # Notebook metadata in which ExecuteWithinLimits says what it cut (the grading unit reads it, then removes it).
 OUTPUTS_CUT = "dgm_outputs_cut"
+# How a cell that lost outputs says so, where the first went (on stderr: nbgrader scores a test cell with it 0).
+OUTPUTS_CUT_MARK = "[outputs cut]"
 # Outputs of a grader's canary cell kept whatever the notebook's budget (its report line and its deliberate error).
 CANARY_OUTPUTS = 4
 
@@ -54,6 +57,13 @@ class RefuseUnsandboxedAutograde(NbGraderPreprocessor):
             "same gradebook.")
 
 
+def is_observation(msg):
+    """Whether a kernel message is a hidden test's observations (course_utils.send_to_judge)."""
+    from solutions.course_utils import OBSERVATIONS_TYPE  # torch comes with it: only where notebooks run
+
+    return msg["msg_type"] == "display_data" and OBSERVATIONS_TYPE in msg["content"].get("data", {})
+
+
 def kept_size(output, max_characters=Limits.output_characters):
     """The bytes one output takes in the autograded notebook, as JSON, nested data and metadata included, once
     TruncateLongOutputs has cut its texts to `max_characters` (-1: no limit)."""
@@ -86,19 +96,24 @@ class ExecuteWithinLimits(Execute):
     small display() calls, 30 MB nested in a JSON output's data or metadata, display updates...). Kept whatever
     the budget: the first error of each cell (it decides a test's score) and a grader canary cell's few outputs.
     A cell that lost outputs says so where the first went; the notebook's metadata[OUTPUTS_CUT] says how many
-    (the grading unit reports it). Widget state is not kept (an autograded notebook shows no widgets)."""
+    (the grading unit reports it). Widget state is not kept (an autograded notebook shows no widgets).
+    The hidden tests' observations in test cells count against `max_observation_bytes` instead (the judges read
+    them, then drop them), so that neither a probe's data nor a notebook's outputs crowd the other out."""
 
     max_outputs = Integer(Limits.notebook_outputs, help="outputs kept in the whole notebook").tag(config=True)
     max_output_bytes = Integer(Limits.notebook_output_bytes, help="bytes of outputs kept in the whole notebook"
                                ).tag(config=True)
     max_characters = Integer(Limits.output_characters, help="characters TruncateLongOutputs keeps of each "
                              "output text (outputs are measured as it will leave them)").tag(config=True)
+    max_observation_bytes = Integer(Limits.observation_bytes, help="bytes of the hidden tests' observations kept "
+                                    "in the whole notebook").tag(config=True)
     store_widget_state = False
 
     def reset_execution_trackers(self):
         super().reset_execution_trackers()
         self.widget_registry = {}  # no Output widget captures outputs past the budget
         self.kept_outputs, self.kept_bytes, self.dropped, self.seen = 0, 0, 0, 0
+        self.observation_bytes = 0
         self.sizes = {}  # id(kept output) -> its kept_size
         self.cut_cells = []  # [(cell id, grade_id)] of the cells that lost outputs, in order
         self.markers = {}  # id(a cell's outputs) -> the mark that says they were cut
@@ -129,6 +144,8 @@ class ExecuteWithinLimits(Execute):
             self.release(outs)
         self.seen += 1
         cell = self.nb.cells[cell_index]
+        if is_test_cell(cell) and is_observation(msg):
+            return self.observation(outs, msg, display_id, cell_index)
         # measured only when it may be kept: past the count, a flood costs no serialisation
         size = kept_size(msg["content"], self.max_characters) if self.kept_outputs < self.max_outputs else 0
         if cell.metadata.get(CANARY_KEY):
@@ -147,6 +164,16 @@ class ExecuteWithinLimits(Execute):
             self.kept_outputs += 1
             self.kept_bytes += size
         return out
+
+    def observation(self, outs, msg, display_id, cell_index):
+        """A hidden test's observations, kept within their own budget."""
+        size = len(json.dumps(msg["content"].get("data", {})))
+        if self.observation_bytes + size > self.max_observation_bytes:
+            self.dropped += 1
+            self.mark_cut(self.nb.cells[cell_index], outs)
+            return None
+        self.observation_bytes += size
+        return super().output(outs, msg, display_id, cell_index)
 
     def _update_display_id(self, display_id, msg):
         """A display update replaces kept outputs' data and metadata: dropped if the new ones pass the budget."""
@@ -174,6 +201,6 @@ class ExecuteWithinLimits(Execute):
         if any(out is self.markers.get(id(outs)) for out in outs[-4:]):
             return
         self.markers[id(outs)] = new_output("stream", name="stderr", text=(
-            f"[outputs cut] The notebook reached the grader's limit of {self.max_outputs:,} outputs / "
+            f"{OUTPUTS_CUT_MARK} The notebook reached the grader's limit of {self.max_outputs:,} outputs / "
             f"{readable_size(self.max_output_bytes)} of outputs: this cell's outputs from here on are not kept.\n"))
         outs.append(self.markers[id(outs)])

@@ -214,22 +214,6 @@ def load_training_state(path):
     return state
 
 
-def contract_settings(max_examples=8):
-    """Hypothesis's settings for the hidden tests that draw an exercise's inputs from its contract: few examples
-    (grading stays fast), the same ones on every run (derandomize: a grade never depends on luck), no example
-    database and its cache in the temporary folder (nothing written beside the notebook), no deadline (a busy
-    grading machine is slow), and one failure reported, the first, with the test's own message.
-    Hypothesis is an instructor's package: only hidden tests import it."""
-    import tempfile
-
-    from hypothesis import HealthCheck, settings
-    from hypothesis.configuration import set_hypothesis_home_dir
-
-    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "hypothesis")
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)
-
-
 # Hidden tests, split in two: a probe runs the student's code in the student's kernel and
 # returns plain observations; a judge, in the grader's own process, compares them with what it computes itself.
 # The observations cross as data only: JSON, with each tensor as NumPy's .npy format (no pickle), in one output.

@@ -123,8 +123,9 @@ def judge(observed, seed):
 def test_the_kernel_runs_the_probe_and_never_sees_the_judge():
     kernel = notebooks.kernel_hidden_tests(HIDDEN, "cell 3")
     assert "judge" not in kernel.replace("send_to_judge", "") and "f doubles" not in kernel
-    assert "def probe(seed):" in kernel and "def cases(seed):" in kernel
-    assert kernel.endswith("course_utils.send_to_judge(probe)\ndel cases, math, probe\n### END HIDDEN TESTS")
+    assert "    def probe(seed):" in kernel and "    def cases(seed):" in kernel and "    import math" in kernel
+    assert kernel.endswith("    course_utils.send_to_judge(probe)\n\n\nrun_hidden_tests()\ndel run_hidden_tests\n"
+                           "### END HIDDEN TESTS")
     assert notebooks.without_hidden_tests(kernel) == notebooks.without_hidden_tests(HIDDEN)
 
 
@@ -133,6 +134,13 @@ def test_the_kernel_runs_the_probe_and_never_sees_the_judge():
 def test_a_hidden_test_without_probe_or_judge_is_refused(region):
     with pytest.raises(ValueError, match="probe.*judge"):
         notebooks.kernel_hidden_tests(f"x = 1\n### BEGIN HIDDEN TESTS\n{region}### END HIDDEN TESTS", "cell 3")
+
+
+def test_hidden_tests_inside_a_function_are_refused():
+    """The former form, whose asserts would run in the kernel: release stops and says what to do."""
+    source = "def test_f():\n    assert f(1) == 2\n    ### BEGIN HIDDEN TESTS\n    assert f(2) == 4\n    ### END HIDDEN TESTS\n"
+    with pytest.raises(ValueError, match="top level"):
+        notebooks.kernel_hidden_tests(source, "cell 3")
 
 
 def executed_test_cell(outputs):
@@ -201,3 +209,17 @@ def test_a_value_the_students_code_displays_is_no_score():
     result = nbformat.v4.new_output("execute_result", data={"text/plain": "'pass'"}, execution_count=1)
     outputs, score = judged_outputs(result, display({"probe": "started"}), observed([10, 11]))
     assert (outputs, score) == ([("display_data", None), ("error", "f doubles its argument")], 0)
+
+
+def test_the_probes_names_leave_the_notebooks_alone():
+    """The kernel runs a hidden test inside a function: a name it defines (math, cases) neither replaces nor
+    removes the notebook's."""
+    namespace = {"math": "the notebook's math", "f": lambda x: 2 * x, "course_utils": course_utils}
+    sent = []
+    kernel = notebooks.kernel_hidden_tests(HIDDEN, "cell 3")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(course_utils.JUDGE_SEED_VARIABLE, "4")
+        patch.setattr("IPython.display.display", lambda value, raw: sent.append(value))
+        exec(kernel, namespace)
+    assert namespace["math"] == "the notebook's math" and "cases" not in namespace and "probe" not in namespace
+    assert sent[-1][course_utils.OBSERVATIONS_TYPE]["observations"] == {"dict": {"values": [8, 10]}}

@@ -20,6 +20,7 @@ from nbformat.v4 import new_output
 from solutions import course_utils
 
 from .. import notebooks
+from ..preprocessors import OUTPUTS_CUT_MARK
 
 STARTED, OBSERVATIONS = "started", "observations"
 
@@ -63,17 +64,22 @@ def judged(notebook, judges, namespace, seed):
         cell.outputs = [without_score(output) for output in cell.outputs]
         if grade_id not in judges.tests:
             continue
+        cut = any(OUTPUTS_CUT_MARK in output.get("text", "") for output in cell.outputs)
         kept, observed = probe_outputs(cell.outputs)
         message = ""
         if not any(output.output_type == "error" for output in kept):
-            message, problem = verdict(judges, grade_id, observed, seed, namespace)
+            message, problem = verdict(judges, grade_id, observed, seed, namespace, cut)
             log += [f"judge of {grade_id}: {problem}"] if problem else []
         cell.outputs = kept + ([failure_output(message)] if message else [])
     return log
 
 
-def verdict(judges, grade_id, observed, seed, namespace):
-    """(the message of a failed test or '', a problem for the log or '') of one test's judge."""
+def verdict(judges, grade_id, observed, seed, namespace, cut=False):
+    """(the message of a failed test or '', a problem for the log or '') of one test's judge; `cut`: the cell's
+    outputs were cut at the grader's limit."""
+    if observed is None and cut:
+        return ("the hidden tests' observations did not reach the grader: the cell's outputs were cut at the "
+                "grader's limit (does your code print or display a lot here?)"), ""
     if observed is None:
         return "the hidden tests' probe sent no observations: did your code stop or replace it?", ""
     try:
@@ -119,7 +125,9 @@ def failure_output(message):
 def probe_and_judge(region, grade_id, namespace, judges, judge_namespace, seed):
     """A hidden test in one process, as grading runs it in two (the course's authoring tools): its probe in the
     notebook's `namespace`, the observations through their data form, its judge; the failure message, or ''."""
-    probe_code, _ = notebooks.probe_code(region)
-    exec(compile(probe_code, f"<probe of {grade_id}>", "exec"), namespace)
-    data = json.loads(json.dumps(course_utils.observations_to_data(namespace[notebooks.PROBE](seed))))
+    # as in the kernel: the probe defined inside a function of the notebook's namespace, which it leaves as it is
+    exec(compile(notebooks.probe_runner(region, f"return {notebooks.PROBE}"), f"<probe of {grade_id}>", "exec"),
+         namespace)
+    probe = namespace.pop(notebooks.KERNEL_RUNNER)()
+    data = json.loads(json.dumps(course_utils.observations_to_data(probe(seed))))
     return judges.judge(grade_id, course_utils.observations_from_data(data), seed, judge_namespace)

@@ -201,6 +201,7 @@ def run_autograde(job, course, workdir, state):
                                                 for step in config.Autograde.autograde_preprocessors]
     config.ExecuteWithinLimits.max_outputs = job.limits.notebook_outputs
     config.ExecuteWithinLimits.max_output_bytes = job.limits.notebook_output_bytes
+    config.ExecuteWithinLimits.max_observation_bytes = job.limits.observation_bytes
     config.ExecuteWithinLimits.max_characters = job.limits.output_characters
     progress = workdir / PROGRESS
     config.Execute.on_cell_start = lambda cell, cell_index: log_progress(progress, "start", cell)
