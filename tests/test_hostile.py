@@ -2,6 +2,7 @@
 students: each submission gets its expected status and reason, the controls score exactly as in a clean run,
 the instructor's and the repository's files are byte-identical afterwards, no output shows a solution or a
 hidden test, no connection reaches the grader's loopback, and no process survives. Small limits keep it quick."""
+import ast
 import copy
 import hashlib
 import json
@@ -219,15 +220,17 @@ def test_each_hostile_submission_fails_the_tests_it_cheats_on(graded, entry):
 
 def secret_lines(course):
     """(the solutions' lines, the judges' lines) of the course's assignment: the source's lines outside its hidden
-    tests that the release lacks, and the lines of <course>/judges that no kernel ran (expected answers,
-    tolerances, comparisons and their messages)."""
+    tests that the release lacks, and the lines of the asserts in <course>/judges that no kernel ran (expected
+    answers, tolerances, comparisons)."""
     source = notebooks.read(course / "source" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
-    release = nbformat.writes(notebooks.read(course / "release" / NOTEBOOK / f"{NOTEBOOK}.ipynb"))
-    kernel = nbformat.writes(source)
+    release = notebooks.read(course / "release" / NOTEBOOK / f"{NOTEBOOK}.ipynb")
     judges = json.loads((course / "judges" / f"{NOTEBOOK}.json").read_text(encoding="utf-8"))
     lines = lambda texts: {line.strip() for text in texts for line in text.splitlines() if len(line.strip()) > 25}  # noqa: E731
-    solutions = lines(notebooks.without_hidden_tests(cell.source) for cell in source.cells) - lines([release])
-    return solutions, lines([*judges["preamble"], *judges["tests"].values()]) - lines([kernel, release])
+    released = lines(cell.source for cell in release.cells)
+    solutions = lines(notebooks.without_hidden_tests(cell.source) for cell in source.cells) - released
+    asserts = {code.splitlines()[node.lineno - 1].strip() for code in [*judges["preamble"], *judges["tests"].values()]
+               for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Assert)}
+    return solutions, asserts - released - lines(cell.source for cell in source.cells)
 
 
 def test_no_output_shows_a_solution_or_a_hidden_tests_answer(graded):
