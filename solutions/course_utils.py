@@ -219,6 +219,8 @@ def load_training_state(path):
 # The observations cross as data only: JSON, with each tensor as NumPy's .npy format (no pickle), in one output.
 JUDGE_SEED_VARIABLE = "DGM_JUDGE_SEED"  # the grader's seed for a notebook's probes, set only while it grades
 OBSERVATIONS_TYPE = "application/vnd.dgm.observations+json"  # the output's MIME type
+PROBE_STARTED = {"probe": "started"}  # the output that marks where a probe began
+OBSERVATIONS = "observations"  # the key of the output that holds what the probe observed
 
 
 def send_to_judge(probe):
@@ -227,8 +229,8 @@ def send_to_judge(probe):
     from IPython.display import display
 
     seed = int(os.environ[JUDGE_SEED_VARIABLE])
-    display({OBSERVATIONS_TYPE: {"probe": "started"}}, raw=True)
-    display({OBSERVATIONS_TYPE: {"observations": observations_to_data(probe(seed))}}, raw=True)
+    display({OBSERVATIONS_TYPE: PROBE_STARTED}, raw=True)
+    display({OBSERVATIONS_TYPE: {OBSERVATIONS: observations_to_data(probe(seed))}}, raw=True)
 
 
 def observations_to_data(value):

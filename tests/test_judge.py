@@ -169,29 +169,29 @@ def judged_outputs(*outputs, seed=5):
 
 
 def observed(values):
-    return display({"observations": course_utils.observations_to_data({"values": values})})
+    return display({course_utils.OBSERVATIONS: course_utils.observations_to_data({"values": values})})
 
 
 def test_a_right_answer_keeps_the_visible_outputs_only():
-    outputs, score = judged_outputs(VISIBLE, display({"probe": "started"}), PROBE_PRINTS, observed([10, 12]))
+    outputs, score = judged_outputs(VISIBLE, display(course_utils.PROBE_STARTED), PROBE_PRINTS, observed([10, 12]))
     assert (outputs, score) == ([("stream", "visible test ran\n")], 2)
 
 
 def test_a_wrong_answer_shows_the_judges_message_and_scores_0():
-    outputs, score = judged_outputs(VISIBLE, display({"probe": "started"}), PROBE_PRINTS, observed([10, 11]))
+    outputs, score = judged_outputs(VISIBLE, display(course_utils.PROBE_STARTED), PROBE_PRINTS, observed([10, 11]))
     assert (outputs, score) == ([("stream", "visible test ran\n"), ("error", "f doubles its argument")], 0)
 
 
 def test_the_last_observations_count_and_inputs_come_from_the_graders_seed():
     right_for_seed_0 = observed([0, 2])
-    outputs, score = judged_outputs(VISIBLE, display({"probe": "started"}), observed([10, 12]), right_for_seed_0)
+    outputs, score = judged_outputs(VISIBLE, display(course_utils.PROBE_STARTED), observed([10, 12]), right_for_seed_0)
     assert score == 0
 
 
 @pytest.mark.parametrize("outputs, message", [
     ([VISIBLE], "sent no observations"),
-    ([display({"probe": "started"}), display({"observations": {"tensor": {"npy": "!!"}}})], "unreadable"),
-    ([display({"probe": "started"}), display({"observations": {"dict": {}}})], "not what the hidden"),
+    ([display(course_utils.PROBE_STARTED), display({course_utils.OBSERVATIONS: {"tensor": {"npy": "!!"}}})], "unreadable"),
+    ([display(course_utils.PROBE_STARTED), display({course_utils.OBSERVATIONS: {"dict": {}}})], "not what the hidden"),
 ], ids=["none", "unreadable", "unexpected"])
 def test_missing_or_bad_observations_fail_with_a_message(outputs, message):
     shown, score = judged_outputs(*outputs)
@@ -207,7 +207,7 @@ def test_a_value_the_students_code_displays_is_no_score():
     """nbgrader reads a test cell's execute_result as its partial credit (text as full marks), before the error
     that follows it: a student's sys.displayhook("pass") would score a failed test."""
     result = nbformat.v4.new_output("execute_result", data={"text/plain": "'pass'"}, execution_count=1)
-    outputs, score = judged_outputs(result, display({"probe": "started"}), observed([10, 11]))
+    outputs, score = judged_outputs(result, display(course_utils.PROBE_STARTED), observed([10, 11]))
     assert (outputs, score) == ([("display_data", None), ("error", "f doubles its argument")], 0)
 
 

@@ -477,8 +477,7 @@ class Judging:
     @classmethod
     def of(cls, notebook):
         source = ROOT / "solutions" / f"{notebook}.md"
-        judges = judge.Judges.from_bytes(json.dumps(notebooks.judges(notebooks.read_source(source),
-                                                                     solution_module(source))).encode())
+        judges = judge.Judges.from_data(notebooks.judges(notebooks.read_source(source), solution_module(source)))
         return cls(judges, judges.namespace())
 
 

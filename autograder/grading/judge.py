@@ -22,9 +22,6 @@ from solutions import course_utils
 from .. import notebooks
 from ..preprocessors import OUTPUTS_CUT_MARK
 
-STARTED, OBSERVATIONS = "started", "observations"
-
-
 @dataclass(frozen=True)
 class Judges:
     """The judges of one assignment, as release.py writes them (notebooks.judges) to <course>/judges/<name>.json."""
@@ -33,9 +30,14 @@ class Judges:
     tests: dict  # {test grade_id: the code of its hidden tests region}
 
     @classmethod
-    def from_bytes(cls, data):
-        found = json.loads(data.decode("utf-8"))
+    def from_data(cls, found):
+        """From notebooks.judges's dict."""
         return cls(found["module"], tuple(found["preamble"]), dict(found["tests"]))
+
+    @classmethod
+    def from_bytes(cls, data):
+        """From the JSON file release.py writes."""
+        return cls.from_data(json.loads(data.decode("utf-8")))
 
     def namespace(self):
         """The names every judge of the assignment sees: the reference solution's, then the preamble's."""
@@ -99,10 +101,10 @@ def probe_outputs(outputs):
     kept, observed, probing = [], None, False
     for output in outputs:
         data = output.get("data", {}).get(course_utils.OBSERVATIONS_TYPE)
-        if isinstance(data, dict) and data.get("probe") == STARTED:
+        if data == course_utils.PROBE_STARTED:
             probing = True
-        elif isinstance(data, dict) and OBSERVATIONS in data:
-            observed = data[OBSERVATIONS]
+        elif isinstance(data, dict) and course_utils.OBSERVATIONS in data:
+            observed = data[course_utils.OBSERVATIONS]
         elif output.output_type == "error" or not probing:
             kept.append(output)
     return kept, observed

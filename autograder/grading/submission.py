@@ -64,10 +64,11 @@ def collect(course, assignment, limits, sandbox):
     """The Submissions of every student folder with an `assignment` folder in <course>/submitted/."""
     source, _ = read_files(course / "source" / assignment)
     release, _ = read_files(course / "release" / assignment)
-    if not judges_file(course, assignment).is_file():
-        raise SystemExit(f"{judges_file(course, assignment)} is missing (the grader's half of the hidden tests): "
-                         f"run `make release` (python -m autograder.release --course {course}) first")
-    judges = judges_file(course, assignment).read_bytes()
+    judges_path = judges_file(course, assignment)
+    if not judges_path.is_file():
+        raise SystemExit(f"{judges_path} is missing (the grader's half of the hidden tests): run `make release` "
+                         f"(python -m autograder.release --course {course}) first")
+    judges = judges_path.read_bytes()
     found = Submissions(jobs=[], refused=[], notes={})
     for folder in sorted((course / "submitted").glob(f"*/{glob_escape(assignment)}")):
         student = folder.parent.name
